@@ -1,0 +1,5 @@
+"""``python -m nerbot``."""
+
+from nerbot.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""Composition root: config → store → catalog → Matrix session → identity → commands → sync."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from nerbot.clock import SystemClock
+from nerbot.commands.basic import basic_commands
+from nerbot.commands.registry import CommandRegistry, CommandRouter, IncomingText
+from nerbot.config import Config
+from nerbot.i18n import Catalog
+from nerbot.ids import EventId, RoomId, UserId
+from nerbot.matrix.crosssigning import fingerprint
+from nerbot.matrix.events import EventRouter
+from nerbot.matrix.http import MatrixHttp
+from nerbot.matrix.identity import IdentityResult, ensure_identity
+from nerbot.matrix.session import TRANSIENT_ERRORS, MatrixSession, open_session
+from nerbot.matrix.syncer import MAX_BACKOFF_SECONDS, SyncLoop
+from nerbot.matrix.transport import MatrixTransport
+from nerbot.ports import Clock
+from nerbot.runner import TaskRunner
+from nerbot.store import Store
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+FIRST_START_META = "first_started_ms"
+UNDECRYPTABLE_RETRY_SECONDS = 1.0
+
+
+class NerbotApp:
+    """One running bot. ``start`` returns once the first sync has been processed."""
+
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.catalog = Catalog.load(default=config.bot.language)
+        self.runner = TaskRunner()
+        self.store: Store | None = None
+        self.session: MatrixSession | None = None
+        self.http: MatrixHttp | None = None
+        self.transport: MatrixTransport | None = None
+        self.identity: IdentityResult | None = None
+        self.events: EventRouter | None = None
+        self.router: CommandRouter | None = None
+        self.syncer: SyncLoop | None = None
+        self._stopped = asyncio.Event()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self, first_sync_timeout: float = 120.0) -> None:
+        config = self.config
+        store = self.store = Store(config.database_path)
+        now = self.clock.now_ms()
+        if store.get_meta(FIRST_START_META) is None:
+            store.set_meta(FIRST_START_META, str(now))
+        not_before = int(store.get_meta(FIRST_START_META) or now)
+
+        session = self.session = await self._with_backoff(
+            lambda: open_session(config, store), "login"
+        )
+        client = session.client
+        http = self.http = MatrixHttp(config.matrix.homeserver, session.access_token)
+        self.identity = await self._with_backoff(
+            lambda: ensure_identity(
+                http,
+                config.matrix.user_id,
+                session.device_id,
+                session.device_ed25519,
+                config.matrix.password,
+                config.cross_signing_keys_path,
+            ),
+            "cross-signing setup",
+        )
+        logger.info("Cross-signing identity: %s", self.identity.state.value)
+
+        transport = self.transport = MatrixTransport(client, http, store, self.clock)
+        registry = CommandRegistry()
+        registry.extend(
+            basic_commands(registry, store, self.clock.now_ms, self.master_fingerprint)
+        )
+        self.router = CommandRouter(
+            registry, self.catalog, transport, store.get_language, config.is_admin
+        )
+        events = self.events = EventRouter(
+            client,
+            store,
+            self.runner,
+            self.clock,
+            inviter_servers=frozenset(config.inviter_servers),
+            grace_seconds=config.bot.undecryptable_grace_seconds,
+            on_message=self._on_message,
+            on_joined=self._on_joined,
+            on_undecryptable=self._on_undecryptable,
+            not_before_ms=not_before,
+        )
+        events.register()
+        syncer = self.syncer = SyncLoop(client)
+        self.runner.spawn(syncer.run(), name="sync")
+        self.runner.every(UNDECRYPTABLE_RETRY_SECONDS, events.hold.retry, name="undecryptable")
+        await asyncio.wait_for(syncer.first_sync.wait(), first_sync_timeout)
+        logger.info("nerbot is running as %s (device %s)", client.user_id, client.device_id)
+
+    async def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self.syncer is not None:
+            self.syncer.stop()
+        await self.runner.stop()
+        if self.session is not None:
+            await self.session.client.close()
+        if self.http is not None:
+            await self.http.close()
+        if self.store is not None:
+            self.store.close()
+        logger.info("nerbot stopped")
+
+    async def run_until_stopped(self) -> None:
+        await self.start()
+        await self._stopped.wait()
+
+    def master_fingerprint(self) -> str:
+        assert self.identity is not None
+        return fingerprint(self.identity.master_key)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    async def _with_backoff(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
+        delay = 1.0
+        while True:
+            try:
+                return await attempt()
+            except TRANSIENT_ERRORS as exc:
+                logger.warning("%s: homeserver unreachable (%s); retrying in %.0f s",
+                               what, type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    async def _on_message(
+        self, room_id: RoomId, sender: UserId, event_id: EventId, body: str, is_dm: bool
+    ) -> None:
+        assert self.router is not None and self.store is not None
+        self.store.touch_user(sender, self.clock.now_ms())
+        await self.router.handle(IncomingText(sender, room_id, event_id, body, is_dm))
+
+    async def _on_joined(self, room_id: RoomId, inviter: UserId, is_direct: bool) -> None:
+        assert self.transport is not None and self.store is not None
+        language = self.catalog.language(self.store.get_language(inviter))
+        await self.transport.send_notice(room_id, self.catalog.t(language, "room.welcome"))
+
+    async def _on_undecryptable(self, room_id: RoomId, sender: UserId) -> None:
+        assert self.transport is not None and self.store is not None
+        language = self.catalog.language(self.store.get_language(sender))
+        await self.transport.send_notice(
+            room_id, self.catalog.t(language, "room.undecryptable", user=sender)
+        )

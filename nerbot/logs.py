@@ -1,0 +1,40 @@
+"""Logging setup, done once by the CLI (never at import time)."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+# Anything that looks like a Matrix access token or a bearer header is masked in log output.
+_SECRET_PATTERNS = (
+    (re.compile(r"\b(?:syt|mct)_[A-Za-z0-9_]+"), "<redacted>"),
+    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1<redacted>"),
+    (re.compile(r"(?i)(access_token=)[^&\s]+"), r"\1<redacted>"),
+)
+
+
+class RedactingFilter(logging.Filter):
+    """Last line of defence: masks token-shaped strings even if a library logs them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = message
+        for pattern, replacement in _SECRET_PATTERNS:
+            redacted = pattern.sub(replacement, redacted)
+        if redacted != message:
+            record.msg = redacted
+            record.args = None
+        return True
+
+
+def configure_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # nio and peewee are chatty at INFO/DEBUG; keep them at WARNING unless debugging.
+    if level != "DEBUG":
+        for noisy in ("nio", "peewee", "aiohttp.access"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)

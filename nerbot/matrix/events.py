@@ -1,0 +1,151 @@
+"""nio callbacks: parse, filter and hand off. Nothing slow runs inline (it would stall sync)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import nio
+
+from nerbot.ids import EventId, RoomId, UserId, server_of
+from nerbot.matrix.undecryptable import UndecryptableHold
+from nerbot.ports import Clock
+from nerbot.runner import TaskRunner
+from nerbot.store import Store
+
+logger = logging.getLogger(__name__)
+
+MessageHandler = Callable[[RoomId, UserId, EventId, str, bool], Awaitable[None]]
+JoinHandler = Callable[[RoomId, UserId, bool], Awaitable[None]]
+
+
+class EventRouter:
+    """Registers the bot's callbacks on the nio client *before* the first sync.
+
+    simplematrixbotlib's own ``Bot.main`` syncs once before registering callbacks, which throws
+    away every command sent while the bot was down; registering first and resuming from the
+    stored sync token answers them instead.
+    """
+
+    def __init__(
+        self,
+        client: nio.AsyncClient,
+        store: Store,
+        runner: TaskRunner,
+        clock: Clock,
+        inviter_servers: frozenset[str],
+        grace_seconds: int,
+        on_message: MessageHandler,
+        on_joined: JoinHandler,
+        on_undecryptable: Callable[[RoomId, UserId], Awaitable[None]],
+        not_before_ms: int,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.runner = runner
+        self.clock = clock
+        self.inviter_servers = inviter_servers
+        self.on_message = on_message
+        self.on_joined = on_joined
+        self.not_before_ms = not_before_ms
+        self._invites_in_flight: set[str] = set()
+        self.hold = UndecryptableHold(
+            client, clock, grace_seconds,
+            on_decrypted=self._late_decrypted,
+            on_give_up=lambda room_id, sender: on_undecryptable(RoomId(room_id), UserId(sender)),
+        )
+
+    def register(self) -> None:
+        self.client.add_event_callback(self._on_invite, nio.InviteMemberEvent)
+        self.client.add_event_callback(self._on_text, nio.RoomMessageText)
+        self.client.add_event_callback(self._on_megolm, nio.MegolmEvent)
+        self.client.add_event_callback(self._on_member, nio.RoomMemberEvent)
+        self.client.add_to_device_callback(
+            self._on_room_key, (nio.RoomKeyEvent, nio.ForwardedRoomKeyEvent)
+        )
+
+    @property
+    def user_id(self) -> str:
+        return str(self.client.user_id)
+
+    def is_dm(self, room: nio.MatrixRoom) -> bool:
+        if self.store.user_for_dm_room(RoomId(room.room_id)) is not None:
+            return True
+        return room.member_count <= 2
+
+    # -- invites ----------------------------------------------------------------------------
+
+    async def _on_invite(self, room: nio.MatrixRoom, event: nio.InviteMemberEvent) -> None:
+        if event.state_key != self.user_id or event.membership != "invite":
+            return
+        if room.room_id in self._invites_in_flight:
+            return
+        self._invites_in_flight.add(room.room_id)
+        is_direct = bool(event.content.get("is_direct"))
+        self.runner.spawn(
+            self._decide_invite(RoomId(room.room_id), UserId(event.sender), is_direct),
+            name=f"invite {room.room_id}",
+        )
+
+    async def _decide_invite(self, room_id: RoomId, inviter: UserId, is_direct: bool) -> None:
+        try:
+            now = self.clock.now_ms()
+            if server_of(inviter) not in self.inviter_servers:
+                logger.warning("Rejecting invite to %s from %s: server not allowed",
+                               room_id, inviter)
+                await self.client.room_leave(room_id)
+                self.store.record_invite(room_id, inviter, False, "server not allowed", now)
+                return
+            response = await self.client.join(room_id)
+            if not isinstance(response, nio.JoinResponse):
+                logger.warning("Joining %s failed: %s", room_id, response)
+                return
+            logger.info("Joined %s on invite from %s", room_id, inviter)
+            self.store.record_invite(room_id, inviter, True, "allowed", now)
+            if is_direct:
+                self.store.set_dm_room(inviter, room_id, now)
+            await self.on_joined(room_id, inviter, is_direct)
+        finally:
+            self._invites_in_flight.discard(room_id)
+
+    async def _on_member(self, room: nio.MatrixRoom, event: nio.RoomMemberEvent) -> None:
+        if event.membership in ("leave", "ban") and event.state_key != self.user_id:
+            owner = self.store.user_for_dm_room(RoomId(room.room_id))
+            if owner == event.state_key:
+                logger.info("%s left their DM %s; a new one will be opened when needed",
+                            owner, room.room_id)
+                self.store.forget_dm_room(RoomId(room.room_id))
+
+    # -- messages ---------------------------------------------------------------------------
+
+    async def _on_text(self, room: nio.MatrixRoom, event: nio.RoomMessageText) -> None:
+        self._dispatch(room.room_id, event)
+
+    def _dispatch(self, room_id: str, event: nio.Event) -> None:
+        if event.sender == self.user_id or not isinstance(event, nio.RoomMessageText):
+            return
+        if event.server_timestamp < self.not_before_ms:
+            return  # history from before the bot's first start is not addressed to it
+        if not self.store.claim_event(event.event_id, self.clock.now_ms()):
+            return  # already answered before a restart
+        room = self.client.rooms.get(room_id)
+        is_dm = self.is_dm(room) if room is not None else False
+        self.runner.spawn_serial(
+            room_id,
+            lambda: self.on_message(
+                RoomId(room_id), UserId(event.sender), EventId(event.event_id), event.body, is_dm
+            ),
+            name=f"message {event.event_id}",
+        )
+
+    async def _on_megolm(self, room: nio.MatrixRoom, event: nio.MegolmEvent) -> None:
+        if event.sender == self.user_id or event.server_timestamp < self.not_before_ms:
+            return
+        self.runner.spawn(self.hold.hold(room.room_id, event), name=f"hold {event.event_id}")
+
+    async def _late_decrypted(self, room_id: str, event: nio.Event) -> None:
+        self._dispatch(room_id, event)
+
+    async def _on_room_key(self, event: nio.ToDeviceEvent) -> None:
+        if len(self.hold):
+            self.runner.spawn(self.hold.retry(), name="retry undecryptable")

@@ -1,0 +1,64 @@
+"""Raw client-server API calls that nio does not wrap (cross-signing, admin API)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import aiohttp
+
+from nerbot.errors import MatrixRequestError
+
+logger = logging.getLogger(__name__)
+
+JsonDict = dict[str, Any]
+
+
+class MatrixHttp:
+    """A tiny authenticated JSON client on one aiohttp session.
+
+    nio covers the common endpoints; this covers the rest with the same access token. The token
+    travels only in the Authorization header, so nothing logged here contains it.
+    """
+
+    def __init__(self, homeserver: str, access_token: str | None = None) -> None:
+        self.homeserver = homeserver.rstrip("/")
+        self.access_token = access_token
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: JsonDict | None = None,
+        *,
+        token: str | None = None,
+        ok_statuses: tuple[int, ...] = (200,),
+    ) -> tuple[int, JsonDict]:
+        """Send one request; return ``(status, json)``; raise unless the status is expected."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        headers = {"Content-Type": "application/json"}
+        bearer = token if token is not None else self.access_token
+        if bearer:
+            headers["Authorization"] = f"Bearer {bearer}"
+        data = json.dumps(body) if body is not None else None
+        async with self._session.request(
+            method, self.homeserver + path, data=data, headers=headers
+        ) as resp:
+            try:
+                payload = await resp.json(content_type=None)
+            except (json.JSONDecodeError, aiohttp.ContentTypeError):
+                payload = {}
+            if not isinstance(payload, dict):
+                payload = {"value": payload}
+            if resp.status not in ok_statuses:
+                raise MatrixRequestError(method, path, resp.status, payload)
+            logger.debug("%s %s -> %s", method, path, resp.status)
+            return resp.status, payload

@@ -1,0 +1,32 @@
+"""Append-only schema migrations. Never edit or reorder one that has shipped; add a new one."""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+MIGRATION_SET = "nerbot"
+
+
+def build_migrations() -> Migrations:
+    """The ordered migrations; each runs with its applied-record in one transaction."""
+    migrations = Migrations(MIGRATION_SET)
+
+    @migrations(name="0001_initial")
+    def initial(db: Database) -> None:
+        db["meta"].create({"key": str, "value": str}, pk="key")
+        db["users"].create(
+            {"user_id": str, "language": str, "first_seen_ms": int, "updated_ms": int},
+            pk="user_id",
+        )
+        db["dm_rooms"].create(
+            {"user_id": str, "room_id": str, "created_ms": int}, pk="user_id"
+        )
+        db["dm_rooms"].create_index(["room_id"], unique=True)
+        # Commands already answered: a replayed sync after a crash must not answer twice.
+        db["handled_events"].create({"event_id": str, "handled_ms": int}, pk="event_id")
+        db["invites"].create(
+            {"room_id": str, "inviter": str, "accepted": int, "reason": str, "at_ms": int},
+        )
+
+    return migrations

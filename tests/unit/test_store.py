@@ -1,0 +1,106 @@
+"""Storage: migrations, idempotent event claims, DMs, languages."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+
+from nerbot.ids import RoomId, UserId
+from nerbot.store import Store
+from nerbot.store.migrations import build_migrations
+
+ALICE = UserId("@alice:localhost")
+BOB = UserId("@bob:localhost")
+
+
+def test_fresh_database_is_at_latest_schema(tmp_path: Path) -> None:
+    store = Store(tmp_path / "nerbot.db")
+    assert store.schema_version == len(build_migrations()._migrations)
+    store.close()
+
+
+def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
+    path = tmp_path / "nerbot.db"
+    Store(path).close()
+    store = Store(path)
+    rows = store.db.execute("SELECT name FROM _sqlite_migrations").fetchall()
+    assert [r[0] for r in rows] == ["0001_initial"]
+    store.close()
+
+
+def test_event_is_claimed_once_even_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "nerbot.db"
+    store = Store(path)
+    assert store.claim_event("$e1", 1_000)
+    assert not store.claim_event("$e1", 2_000)
+    store.close()
+    store = Store(path)
+    assert not store.claim_event("$e1", 3_000)
+    assert store.claim_event("$e2", 3_000)
+
+
+def test_old_claims_are_pruned() -> None:
+    store = Store(":memory:")
+    store.claim_event("$old", 0)
+    store.claim_event("$new", 8 * 24 * 3600 * 1000)
+    assert store.claim_event("$old", 8 * 24 * 3600 * 1000 + 1)
+
+
+def test_language_defaults_to_none_and_persists() -> None:
+    store = Store(":memory:")
+    assert store.get_language(ALICE) is None
+    store.set_language(ALICE, "en", 5)
+    assert store.get_language(ALICE) == "en"
+    record = store.get_user(ALICE)
+    assert record is not None and record.first_seen_ms == 5
+
+
+def test_first_seen_is_kept() -> None:
+    store = Store(":memory:")
+    store.touch_user(ALICE, 10)
+    assert store.touch_user(ALICE, 99).first_seen_ms == 10
+
+
+def test_dm_rooms_map_both_ways_and_replace() -> None:
+    store = Store(":memory:")
+    store.set_dm_room(ALICE, RoomId("!a:localhost"), 1)
+    assert store.get_dm_room(ALICE) == "!a:localhost"
+    assert store.user_for_dm_room(RoomId("!a:localhost")) == ALICE
+    store.set_dm_room(ALICE, RoomId("!b:localhost"), 2)
+    assert store.get_dm_room(ALICE) == "!b:localhost"
+    assert store.user_for_dm_room(RoomId("!a:localhost")) is None
+    store.forget_dm_room(RoomId("!b:localhost"))
+    assert store.get_dm_room(ALICE) is None
+    assert store.get_dm_room(BOB) is None
+
+
+def test_a_room_belongs_to_one_user_only() -> None:
+    store = Store(":memory:")
+    store.set_dm_room(ALICE, RoomId("!a:localhost"), 1)
+    store.set_dm_room(BOB, RoomId("!a:localhost"), 2)
+    assert store.user_for_dm_room(RoomId("!a:localhost")) == BOB
+    assert store.get_dm_room(ALICE) is None
+
+
+def test_failed_migration_rolls_back(tmp_path: Path) -> None:
+    """A migration that raises leaves no half-applied schema and no applied record."""
+    path = tmp_path / "nerbot.db"
+    Store(path).close()
+    migrations = build_migrations()
+
+    @migrations(name="9999_broken")
+    def broken(db) -> None:  # type: ignore[no-untyped-def]
+        db["half"].create({"x": int})
+        raise RuntimeError("boom")
+
+    from sqlite_utils import Database
+
+    db = Database(path)
+    with contextlib.suppress(RuntimeError):
+        migrations.apply(db)
+    assert "half" not in db.table_names()
+    names = [r[0] for r in db.execute("SELECT name FROM _sqlite_migrations").fetchall()]
+    assert "9999_broken" not in names
+    db.close()
+    assert isinstance(sqlite3.sqlite_version, str)
