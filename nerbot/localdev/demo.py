@@ -1,0 +1,148 @@
+"""``nerbot demo``: a throw-away Synapse, the bot and a demo user, for a newcomer's first look.
+
+Everything lives under one work directory (ignored by git) and is reused on the next run: the
+Synapse virtualenv is shared with the tests' cache, accounts and passwords are kept in
+``demo-accounts.json`` so a rerun logs into the same accounts and the same bot device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nerbot.app import NerbotApp
+from nerbot.config import parse_config
+from nerbot.localdev.peer import E2EEPeer
+from nerbot.localdev.synapse import LocalSynapse
+
+logger = logging.getLogger(__name__)
+
+BOT_LOCALPART = "nerbot"
+DEMO_LOCALPART = "demo"
+
+
+def _accounts(workdir: Path) -> dict[str, Any]:
+    path = workdir / "demo-accounts.json"
+    if path.exists():
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    data = {
+        "bot_password": secrets.token_urlsafe(16),
+        "demo_password": secrets.token_urlsafe(12),
+        "registered": False,
+    }
+    _save_accounts(workdir, data)
+    return data
+
+
+def _save_accounts(workdir: Path, data: dict[str, Any]) -> None:
+    path = workdir / "demo-accounts.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+
+
+def _write_config(workdir: Path, homeserver: str, bot_user: str) -> Path:
+    """A real config file, so the person can run ``nerbot run -c`` against the demo server."""
+    path = workdir / "config.toml"
+    path.write_text(
+        "# Written by `nerbot demo`. The password comes from NERBOT_PASSWORD (see\n"
+        "# demo-accounts.json, bot_password).\n"
+        f'[matrix]\nhomeserver = "{homeserver}"\nuser_id = "{bot_user}"\n'
+        'device_name = "nerbot"\n'
+        '[storage]\ndata_dir = "./bot-data"\n'
+        '[bot]\nlanguage = "zh"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+async def run_demo(
+    workdir: Path, port: int | None, report: Callable[[str], None], exit_after_reply: bool
+) -> int:
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    synapse = LocalSynapse(workdir / "synapse", port=port)
+    peer: E2EEPeer | None = None
+    app: NerbotApp | None = None
+    try:
+        report("Installing Synapse (first run only, cached afterwards)…")
+        install_seconds = await asyncio.to_thread(synapse.install)
+        start_seconds = await asyncio.to_thread(synapse.start)
+        report(f"Synapse ready at {synapse.url} "
+               f"(install {install_seconds:.1f} s, start {start_seconds:.1f} s)")
+
+        accounts = _accounts(workdir)
+        server = synapse.server_name
+        bot_user = f"@{BOT_LOCALPART}:{server}"
+        demo_user = f"@{DEMO_LOCALPART}:{server}"
+        if not accounts["registered"]:
+            await asyncio.to_thread(
+                synapse.register_user, BOT_LOCALPART, accounts["bot_password"], False)
+            await asyncio.to_thread(
+                synapse.register_user, DEMO_LOCALPART, accounts["demo_password"], False)
+            accounts["registered"] = True
+            _save_accounts(workdir, accounts)
+
+        config_path = _write_config(workdir, synapse.url, bot_user)
+        config = parse_config(
+            {
+                "matrix": {"homeserver": synapse.url, "user_id": bot_user,
+                           "device_name": "nerbot"},
+                "storage": {"data_dir": "./bot-data"},
+                "bot": {"language": "zh"},
+            },
+            {"NERBOT_PASSWORD": accounts["bot_password"]},
+            workdir,
+        )
+        started = time.monotonic()
+        app = NerbotApp(config)
+        await app.start()
+        bot_ready = time.monotonic() - started
+
+        peer = await E2EEPeer.login(
+            synapse.url, demo_user, accounts["demo_password"], workdir / "demo-peer-store",
+            device_name="nerbot demo user",
+        )
+        peer.start()
+        room_id = accounts.get("dm_room")
+        if not room_id or room_id not in peer.client.rooms:
+            room_id = await peer.create_encrypted_dm(bot_user)
+            await peer.wait_for_join(room_id, bot_user)
+            await peer.wait_for_message(room_id, sender=bot_user, timeout=60)  # the welcome
+            accounts["dm_room"] = room_id
+            _save_accounts(workdir, accounts)
+        sent = time.monotonic()
+        answer = await peer.ask(room_id, "!help", bot_user, timeout=60)
+        reply_seconds = time.monotonic() - sent
+
+        report("")
+        report(f"{demo_user} sent !help in an encrypted DM; the bot answered (decrypted):")
+        report("-" * 72)
+        report(answer)
+        report("-" * 72)
+        report(f"Bot start-up {bot_ready:.1f} s, first reply {reply_seconds:.2f} s after sending; "
+               f"start to first reply {time.monotonic() - started:.1f} s.")
+        report("")
+        report("Log in with any Matrix client (Element Web, Element X, …):")
+        report(f"  homeserver: {synapse.url}")
+        report(f"  user:       {DEMO_LOCALPART}    password: {accounts['demo_password']}")
+        report(f"  the bot:    {bot_user} (config: {config_path})")
+        if exit_after_reply:
+            return 0
+        report("Running; press Ctrl-C to stop the bot and the homeserver.")
+        await asyncio.Event().wait()
+        return 0
+    finally:
+        if peer is not None:
+            await peer.close()
+        if app is not None:
+            await app.stop()
+        await asyncio.to_thread(synapse.stop)

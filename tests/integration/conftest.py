@@ -1,0 +1,62 @@
+"""Integration fixtures that run the real bot (in-process) against the session's real Synapse."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nerbot.app import NerbotApp
+from nerbot.config import Config, parse_config
+
+
+@dataclass
+class BotAccount:
+    user_id: str
+    password: str
+
+
+def bot_config(homeserver: str, account: BotAccount, data_dir: Path, **bot: Any) -> Config:
+    raw: dict[str, Any] = {
+        "matrix": {"homeserver": homeserver, "user_id": account.user_id, "device_name": "nerbot"},
+        "storage": {"data_dir": str(data_dir)},
+        "bot": {"language": "zh", "undecryptable_grace_seconds": 3, **bot},
+    }
+    return parse_config(raw, {"NERBOT_PASSWORD": account.password}, data_dir.parent)
+
+
+@pytest.fixture
+def bot_account(synapse: Any) -> BotAccount:
+    password = secrets.token_urlsafe(12)
+    user_id = synapse.register_user(f"nerbot-{uuid.uuid4().hex[:8]}", password)
+    return BotAccount(user_id, password)
+
+
+BotFactory = Callable[..., Awaitable[NerbotApp]]
+
+
+@pytest.fixture
+async def start_bot(
+    synapse: Any, bot_account: BotAccount, tmp_path: Path
+) -> AsyncIterator[BotFactory]:
+    """``await start_bot(**bot_settings)`` → a started bot; every bot is stopped at teardown.
+
+    Calling it again with the same data directory is a restart of the same bot.
+    """
+    apps: list[NerbotApp] = []
+
+    async def start(data_dir: Path | None = None, **bot: Any) -> NerbotApp:
+        config = bot_config(synapse.url, bot_account, data_dir or tmp_path / "data", **bot)
+        app = NerbotApp(config)
+        apps.append(app)
+        await app.start()
+        return app
+
+    yield start
+    for app in apps:
+        await app.stop()

@@ -1,0 +1,224 @@
+"""The bot end to end: a real Synapse, the real bot, real E2EE clients (nio) talking to it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import signedjson.key
+import signedjson.sign
+import unpaddedbase64
+
+from nerbot.app import NerbotApp
+
+pytestmark = pytest.mark.asyncio
+
+
+async def open_dm(peer: Any, bot: NerbotApp) -> str:
+    """The peer opens an encrypted DM with the bot and reads its welcome."""
+    bot_id = bot.config.matrix.user_id
+    room_id = await peer.create_encrypted_dm(bot_id)
+    await peer.wait_for_join(room_id, bot_id)
+    welcome = await peer.wait_for_message(room_id, sender=bot_id)
+    assert "nerbot" in welcome.body
+    return str(room_id)
+
+
+def http_json(url: str, token: str, method: str = "GET", body: Any = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+async def test_help_in_encrypted_dm_is_decrypted_and_localized(
+    start_bot: Any, make_user: Any, make_peer: Any
+) -> None:
+    bot = await start_bot()
+    peer = await make_peer(make_user())
+    room_id = await open_dm(peer, bot)
+    await peer.send_text(room_id, "!help")
+    reply = await peer.wait_for_message(room_id, sender=bot.config.matrix.user_id)
+    assert reply.decrypted, "the bot's answer must arrive encrypted"
+    assert "可用命令" in reply.body  # default language zh
+    for command in ("!help", "!lang", "!fingerprint"):
+        assert command in reply.body
+    assert bot.store is not None and bot.store.get_dm_room(peer.user_id) == room_id
+
+
+async def test_lang_switches_to_english_and_unknown_command_gets_hint(
+    start_bot: Any, make_user: Any, make_peer: Any
+) -> None:
+    bot = await start_bot()
+    bot_id = bot.config.matrix.user_id
+    peer = await make_peer(make_user())
+    room_id = await open_dm(peer, bot)
+    assert await peer.ask(room_id, "!lang en", bot_id) == \
+        "OK, I will write to you in English from now on."
+    assert "Commands:" in await peer.ask(room_id, "!help", bot_id)
+    hint = await peer.ask(room_id, "!frobnicate", bot_id)
+    assert "`!frobnicate`" in hint and "!help" in hint
+    assert "Usage" in await peer.ask(room_id, "!lang klingon", bot_id)
+
+
+async def test_bot_ignores_its_own_messages(start_bot: Any, make_user: Any, make_peer: Any) -> None:
+    bot = await start_bot()
+    bot_id = bot.config.matrix.user_id
+    peer = await make_peer(make_user())
+    room_id = await open_dm(peer, bot)
+    assert bot.transport is not None
+    await bot.transport.send_notice(room_id, "!help")
+    echoed = await peer.wait_for_message(room_id, sender=bot_id)
+    assert echoed.body == "!help"
+    with pytest.raises(asyncio.TimeoutError):
+        await peer.wait_for_message(room_id, sender=bot_id, timeout=3)
+
+
+async def test_disallowed_inviter_is_rejected(
+    start_bot: Any, make_user: Any, make_peer: Any
+) -> None:
+    bot = await start_bot(allowed_servers=["elsewhere.example"])
+    bot_id = bot.config.matrix.user_id
+    peer = await make_peer(make_user())
+    room_id = await peer.create_encrypted_dm(bot_id)
+    assert bot.store is not None
+    for _ in range(100):
+        if bot.store.invites():
+            break
+        await asyncio.sleep(0.1)
+    (record,) = bot.store.invites()
+    assert record["room_id"] == room_id and record["accepted"] == 0
+    assert record["inviter"] == peer.user_id
+    members = await peer.client.joined_members(room_id)
+    assert bot_id not in [m.user_id for m in members.members]
+    # the invite was rejected, not left pending
+    state = http_json(f"{peer.client.homeserver}/_matrix/client/v3/rooms/"
+                      f"{urllib.parse.quote(room_id)}/state/m.room.member/"
+                      f"{urllib.parse.quote(bot_id)}", peer.client.access_token)
+    assert state["membership"] == "leave"
+
+
+async def test_restarts_keep_one_device_and_keep_decrypting(
+    start_bot: Any, make_user: Any, make_peer: Any, tmp_path: Path
+) -> None:
+    bot = await start_bot()
+    bot_id = bot.config.matrix.user_id
+    device = bot.session.device_id if bot.session else None
+    peer = await make_peer(make_user())
+    room_id = await open_dm(peer, bot)
+    for _ in range(3):
+        await bot.stop()
+        bot = await start_bot()
+        assert bot.session is not None and bot.session.device_id == device
+        assert bot.identity is not None and bot.identity.state.value == "already_set_up"
+        assert "可用命令" in await peer.ask(room_id, "!help", bot_id)
+    assert bot.session is not None
+    devices = http_json(f"{bot.config.matrix.homeserver}/_matrix/client/v3/devices",
+                        bot.session.access_token)["devices"]
+    assert [d["device_id"] for d in devices] == [device]
+
+
+async def test_commands_sent_while_down_are_answered_after_start(
+    start_bot: Any, make_user: Any, make_peer: Any
+) -> None:
+    bot = await start_bot()
+    bot_id = bot.config.matrix.user_id
+    peer = await make_peer(make_user())
+    room_id = await open_dm(peer, bot)
+    await bot.stop()
+    await peer.send_text(room_id, "!lang en")
+    await peer.send_text(room_id, "!help")
+    await start_bot()
+    first = await peer.wait_for_message(room_id, sender=bot_id, timeout=60)
+    second = await peer.wait_for_message(room_id, sender=bot_id, timeout=60)
+    assert first.body == "OK, I will write to you in English from now on."
+    assert "Commands:" in second.body  # answered in order, after the language switch
+    with pytest.raises(asyncio.TimeoutError):  # and each exactly once
+        await peer.wait_for_message(room_id, sender=bot_id, timeout=3)
+
+
+async def test_bot_device_is_cross_signed_as_seen_by_another_user(
+    start_bot: Any, make_user: Any, make_peer: Any
+) -> None:
+    bot = await start_bot()
+    bot_id = bot.config.matrix.user_id
+    assert bot.session is not None
+    other = await make_peer(make_user())
+    keys = http_json(f"{bot.config.matrix.homeserver}/_matrix/client/v3/keys/query",
+                     other.client.access_token, "POST", {"device_keys": {bot_id: []}})
+    master = keys["master_keys"][bot_id]
+    ssk = keys["self_signing_keys"][bot_id]
+    device = keys["device_keys"][bot_id][bot.session.device_id]
+    (master_pub,) = master["keys"].values()
+    (ssk_pub,) = ssk["keys"].values()
+
+    def verify(obj: dict[str, Any], pub: str) -> None:
+        key = signedjson.key.decode_verify_key_bytes(
+            f"ed25519:{pub}", unpaddedbase64.decode_base64(pub))
+        signedjson.sign.verify_signed_json(obj, bot_id, key)  # raises if invalid
+
+    verify(ssk, master_pub)
+    verify(device, ssk_pub)
+    assert bot.master_fingerprint().replace(" ", "") == master_pub
+
+
+async def test_undecryptable_message_gets_a_notice_after_the_grace_period(
+    start_bot: Any, make_user: Any, make_peer: Any
+) -> None:
+    bot = await start_bot(undecryptable_grace_seconds=2)
+    bot_id = bot.config.matrix.user_id
+    peer = await make_peer(make_user())
+    room_id = await open_dm(peer, bot)
+    # An encrypted event whose Megolm session nobody ever shares with the bot.
+    fake = {
+        "algorithm": "m.megolm.v1.aes-sha2",
+        "ciphertext": "AwgAEnACgAkLmt6qF84IK++J7UDH2Za1YVchHyprqTqsg2yyOwAtHaZTwyNg37afzg8f3r9"
+                      "IsN9r4RNFg7MaZencUJe4qvELiDiopUjy5wYVDAtqdBzer5bWRD9ldxp1FLgbQvBcjkkyw",
+        "device_id": peer.device_id,
+        "sender_key": peer.client.olm.account.identity_keys["curve25519"],
+        "session_id": "c4+O+eXPf0qze1bUlH4Etf6ifzpbG3YeDEreTVm+JZU",
+    }
+    # Sent raw: nio's room_send would encrypt it again.
+    http_json(f"{peer.client.homeserver}/_matrix/client/v3/rooms/{urllib.parse.quote(room_id)}"
+              f"/send/m.room.encrypted/fake-{uuid.uuid4().hex}", peer.client.access_token,
+              "PUT", fake)
+    notice = await peer.wait_for_message(room_id, sender=bot_id, timeout=30)
+    assert peer.user_id in notice.body and "无法读取" in notice.body
+
+
+async def test_dm_helper_opens_reuses_and_records_m_direct(
+    start_bot: Any, make_user: Any, make_peer: Any
+) -> None:
+    bot = await start_bot()
+    bot_id = bot.config.matrix.user_id
+    peer = await make_peer(make_user())
+    assert bot.transport is not None and bot.session is not None
+    room_id = await bot.transport.send_dm(peer.user_id, "hello from the bot")
+    message = await peer.wait_for_message(room_id, sender=bot_id, timeout=30)
+    assert message.body == "hello from the bot" and message.decrypted
+    assert await bot.transport.ensure_dm(peer.user_id) == room_id
+    me = urllib.parse.quote(bot_id)
+    direct = http_json(f"{bot.config.matrix.homeserver}/_matrix/client/v3/user/{me}/"
+                       "account_data/m.direct", bot.session.access_token)
+    assert direct[peer.user_id] == [room_id]
+
+
+async def test_bot_survives_homeserver_restart(
+    start_bot: Any, make_user: Any, make_peer: Any, synapse: Any
+) -> None:
+    bot = await start_bot()
+    bot_id = bot.config.matrix.user_id
+    peer = await make_peer(make_user())
+    room_id = await open_dm(peer, bot)
+    await asyncio.to_thread(synapse.stop)
+    await asyncio.sleep(3)
+    await asyncio.to_thread(synapse.start)
+    reply = await peer.ask(room_id, "!help", bot_id, timeout=120)
+    assert "可用命令" in reply
