@@ -1,12 +1,15 @@
 """Configuration: TOML → frozen dataclasses, validated once, every problem named by its key.
 
 The keys under ``[matrix]``, ``[storage]``, ``[bot]`` and ``[synapse_admin]`` in
-config.example.toml are a contract with operators and deployment scripts; keys of our own sit
-beside them. Secrets may come from the environment so the file itself can be committed.
+config.example.toml are a contract with operators and deployment scripts; keys of our own
+(``bot.undecryptable_grace_seconds``, ``[logging]``) sit beside them. Secrets may come from the
+environment so the file itself can be committed. Validation collects every problem before
+raising, so an operator fixes a config in one round trip instead of one error per restart.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import tomllib
@@ -14,33 +17,45 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Final, Literal, cast
 
 from nerbot.errors import ConfigError
 from nerbot.ids import UserId, is_server_name, is_user_id, server_of
 
-PASSWORD_ENV = "NERBOT_PASSWORD"
-ADMIN_TOKEN_ENV = "NERBOT_ADMIN_TOKEN"
-LANGUAGES = ("zh", "en")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-PLACEHOLDERS = {"change_me", "changeme", "change-me", "your-password", "secret", "xxx"}
+PASSWORD_ENV: Final = "NERBOT_PASSWORD"
+ADMIN_TOKEN_ENV: Final = "NERBOT_ADMIN_TOKEN"
+LANGUAGES: Final = ("zh", "en")
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+GRACE_RANGE: Final = (1, 3600)
+# Values people paste from examples and tutorials; a real secret is never one of these.
+_PLACEHOLDERS: Final = frozenset(
+    {"change_me", "changeme", "change-me", "change me", "your-password", "your_password",
+     "yourpassword", "your-token", "your_token", "<password>", "<token>", "xxx", "todo"}
+)
+FILE_KEY: Final = "<file>"
 
 
 @dataclass(frozen=True, slots=True)
 class MatrixConfig:
+    """How the bot reaches and logs in to its homeserver."""
+
     homeserver: str
     user_id: UserId
-    password: str = field(repr=False)
+    password: str = field(repr=False)  # never in logs or tracebacks
     device_name: str
 
 
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
+    """Where the bot's durable state lives (session, crypto store, keys, database)."""
+
     data_dir: Path
 
 
 @dataclass(frozen=True, slots=True)
 class BotConfig:
+    """Behaviour towards users: default language, who is admin, who may invite the bot."""
+
     language: Literal["zh", "en"]
     admins: tuple[UserId, ...]
     allowed_servers: tuple[str, ...]
@@ -49,16 +64,22 @@ class BotConfig:
 
 @dataclass(frozen=True, slots=True)
 class SynapseAdminConfig:
-    token: str | None = field(repr=False)
+    """Optional Synapse admin API access, for facts the client API does not expose."""
+
+    token: str | None = field(repr=False)  # never in logs or tracebacks
 
 
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
+    """Log verbosity; applied by the CLI, not here, so importing config has no side effects."""
+
     level: str
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    """The whole validated configuration; ``source`` is the file it came from, if any."""
+
     matrix: MatrixConfig
     storage: StorageConfig
     bot: BotConfig
@@ -68,31 +89,36 @@ class Config:
 
     @property
     def inviter_servers(self) -> tuple[str, ...]:
-        """Servers whose users may invite the bot; by default only the bot's own."""
+        """Servers whose users may invite the bot; when none are listed, only the bot's own."""
         return self.bot.allowed_servers or (server_of(self.matrix.user_id),)
 
     def is_admin(self, user_id: str) -> bool:
+        """Whether ``user_id`` may run admin commands (exact match, IDs are case-sensitive)."""
         return user_id in self.bot.admins
 
     @property
     def session_path(self) -> Path:
-        return self.storage.data_dir / "session.txt"
+        """The stored login (access token, device ID), so restarts keep the same device."""
+        return self.storage.data_dir / "session.json"
 
     @property
     def crypto_store_dir(self) -> Path:
+        """The Olm/Megolm store; losing it means losing the bot's device keys."""
         return self.storage.data_dir / "crypto"
 
     @property
     def cross_signing_keys_path(self) -> Path:
+        """The bot's private cross-signing keys (its published identity)."""
         return self.storage.data_dir / "cross-signing.json"
 
     @property
     def database_path(self) -> Path:
+        """The bot's own SQLite database (user preferences, bookkeeping)."""
         return self.storage.data_dir / "nerbot.db"
 
 
-# The schema: section → key → (type, default). Types: str, int, list-of-str.
-_SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
+# Section → key → (expected type, default). Types: str, int, or list (of str).
+_SCHEMA: Final[dict[str, dict[str, tuple[type, Any]]]] = {
     "matrix": {
         "homeserver": (str, "http://127.0.0.1:8008"),
         "user_id": (str, "@nerbot:localhost"),
@@ -110,87 +136,128 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
     "logging": {"level": (str, "INFO")},
 }
 
+_TYPE_NAMES: Final[tuple[tuple[type, str], ...]] = (
+    (bool, "boolean"),  # before int: bool is a subclass of int
+    (int, "integer"),
+    (float, "float"),
+    (str, "string"),
+    (list, "list"),
+    (Mapping, "table"),
+)
+_EXPECTED: Final[dict[type, str]] = {str: "a string", int: "an integer", list: "a list"}
 
 
 def _type_name(value: object) -> str:
-    for kind in (bool, int, float, str, list, dict):
+    """TOML's name for a value's type, as operators know it from the file."""
+    for kind, name in _TYPE_NAMES:
         if isinstance(value, kind):
-            return {bool: "boolean", int: "integer", float: "float", str: "string", list: "list",
-                    dict: "table"}[kind]
-    return type(value).__name__
+            return name
+    return type(value).__name__  # datetime, date, time
 
 
-def _unknown(key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1)
-    return f'unknown key (did you mean "{close[0]}"?)' if close else "unknown key"
+def _has_type(value: object, kind: type) -> bool:
+    """isinstance, except that a boolean is not an integer (``true`` is not ``1``)."""
+    if kind is int and isinstance(value, bool):
+        return False
+    return isinstance(value, kind)
 
 
-class _Collector:
+def _did_you_mean(what: str, name: str, known: list[str]) -> str:
+    """``unknown key`` plus the closest known name, since most unknown keys are typos."""
+    close = difflib.get_close_matches(name, known, n=1)
+    return f'unknown {what} (did you mean "{close[0]}"?)' if close else f"unknown {what}"
+
+
+class _Problems:
+    """Collects ``(key, message)`` pairs and remembers which keys already failed."""
+
     def __init__(self) -> None:
-        self.problems: list[tuple[str, str]] = []
+        self.items: list[tuple[str, str]] = []
+        self.failed: set[str] = set()
 
     def add(self, key: str, message: str) -> None:
-        self.problems.append((key, message))
+        self.items.append((key, message))
+        self.failed.add(key)
 
 
-def _read_sections(raw: Mapping[str, Any], problems: _Collector) -> dict[str, dict[str, Any]]:
-    values: dict[str, dict[str, Any]] = {}
+def _read_sections(raw: Mapping[str, Any], problems: _Problems) -> dict[str, dict[str, Any]]:
+    """Type-check every key; wrongly typed or absent values fall back to their defaults.
+
+    Falling back keeps later checks from reporting the same mistake a second time.
+    """
     for section in raw:
         if section not in _SCHEMA:
-            problems.add(section, _unknown(section, list(_SCHEMA)))
+            problems.add(str(section), _did_you_mean("section", str(section), list(_SCHEMA)))
+    values: dict[str, dict[str, Any]] = {}
     for section, keys in _SCHEMA.items():
-        table = raw.get(section, {})
         values[section] = {name: default for name, (_, default) in keys.items()}
-        if not isinstance(table, dict):
+        table = raw.get(section, {})
+        if not isinstance(table, Mapping):
             problems.add(section, f"expected a table, got {_type_name(table)}")
             continue
         for name, value in table.items():
             dotted = f"{section}.{name}"
             if name not in keys:
-                problems.add(dotted, _unknown(name, list(keys)))
+                problems.add(dotted, _did_you_mean("key", str(name), list(keys)))
                 continue
             kind = keys[name][0]
-            if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-                problems.add(dotted, f"expected an integer, got {_type_name(value)}")
-            elif kind is str and not isinstance(value, str):
-                problems.add(dotted, f"expected a string, got {_type_name(value)}")
-            elif kind is list and not isinstance(value, list):
-                problems.add(dotted, f"expected a list, got {_type_name(value)}")
-            elif kind is list:
+            if not _has_type(value, kind):
+                problems.add(dotted, f"expected {_EXPECTED[kind]}, got {_type_name(value)}")
+                continue
+            if kind is list:
                 bad = [i for i, item in enumerate(value) if not isinstance(item, str)]
                 for i in bad:
-                    problems.add(f"{dotted}[{i}]",
-                                 f"expected a string, got {_type_name(value[i])}")
-                if not bad:
-                    values[section][name] = value
-            else:
-                values[section][name] = value
+                    problems.add(f"{dotted}[{i}]", f"expected a string, got {_type_name(value[i])}")
+                if bad:
+                    problems.failed.add(dotted)
+                    continue
+            values[section][name] = value
     return values
 
 
-def _check_homeserver(url: str, problems: _Collector) -> str:
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        problems.add("matrix.homeserver", "must be an http:// or https:// URL with a host")
+def _check_homeserver(url: str, problems: _Problems) -> str:
+    """The homeserver's base URL without a trailing slash (API paths are appended to it)."""
+    key = "matrix.homeserver"
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        port = parsed.port  # raises on a non-numeric or out-of-range port
+    except ValueError:
+        problems.add(key, "must be an http:// or https:// URL with a host")
+        return url
+    host = parsed.netloc.rpartition("@")[2]
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or not is_server_name(host):
+        problems.add(key, "must be an http:// or https:// URL with a host")
+    elif parsed.username is not None or parsed.password is not None:
+        problems.add(key, "must not contain a user name or password")
+    elif port == 0:
+        problems.add(key, "has an invalid port")
     elif parsed.path not in ("", "/") or parsed.query or parsed.fragment:
-        problems.add("matrix.homeserver",
-                     "must be the server's base URL (no path, query or fragment)")
-    else:
-        try:
-            _ = parsed.port
-        except ValueError:
-            problems.add("matrix.homeserver", "has an invalid port")
+        problems.add(key, "must be the server's base URL (no path, query or fragment)")
     return url.rstrip("/")
 
 
-def _secret(value: str, env: Mapping[str, str], env_name: str) -> str:
-    from_env = env.get(env_name, "")
-    return from_env if from_env else value
+def _secret(file_value: str, env: Mapping[str, str], env_name: str) -> str:
+    """The environment wins when set and non-empty, so deployments can keep the file public."""
+    return env.get(env_name, "") or file_value
+
+
+def _is_placeholder(value: str) -> bool:
+    return value.strip().lower() in _PLACEHOLDERS
+
+
+def _data_dir(value: str, base_dir: Path) -> Path:
+    """``~`` expanded; relative paths are relative to the config file, not the working dir."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base_dir / path).resolve()
 
 
 def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) -> Config:
-    """Validate a parsed TOML document; raise ConfigError listing every problem."""
-    problems = _Collector()
+    """Validate a parsed TOML document; raise ConfigError listing every problem at once.
+
+    ``env`` supplies NERBOT_PASSWORD / NERBOT_ADMIN_TOKEN (passed in, so tests need not touch
+    the process environment); ``base_dir`` anchors a relative ``storage.data_dir``.
+    """
+    problems = _Problems()
     v = _read_sections(raw, problems)
     m, s, b, a, lg = v["matrix"], v["storage"], v["bot"], v["synapse_admin"], v["logging"]
 
@@ -198,19 +265,19 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path)
     if not is_user_id(m["user_id"]):
         problems.add("matrix.user_id", "not a Matrix user ID (expected @name:server)")
     password = _secret(m["password"], env, PASSWORD_ENV)
-    if not password:
+    if "matrix.password" in problems.failed:
+        pass  # wrong type already reported; "missing" would only repeat it
+    elif not password:
         problems.add("matrix.password",
                      f"missing: set it here or in the environment variable {PASSWORD_ENV}")
-    elif password.strip().lower() in PLACEHOLDERS:
+    elif _is_placeholder(password):
         problems.add("matrix.password", "still the example placeholder")
     if not m["device_name"].strip():
         problems.add("matrix.device_name", "must not be empty")
 
     if not s["data_dir"].strip():
         problems.add("storage.data_dir", "must not be empty")
-    data_dir = Path(os.path.expanduser(s["data_dir"]))
-    if not data_dir.is_absolute():
-        data_dir = (base_dir / data_dir).resolve()
+    data_dir = _data_dir(s["data_dir"], base_dir)
 
     if b["language"] not in LANGUAGES:
         problems.add("bot.language", f"must be one of {', '.join(LANGUAGES)}")
@@ -221,16 +288,20 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path)
         if not is_server_name(server):
             problems.add(f"bot.allowed_servers[{i}]", "not a server name (expected host[:port])")
     grace = b["undecryptable_grace_seconds"]
-    if not 1 <= grace <= 3600:
-        problems.add("bot.undecryptable_grace_seconds", "must be between 1 and 3600")
+    low, high = GRACE_RANGE
+    if not low <= grace <= high:
+        problems.add("bot.undecryptable_grace_seconds", f"must be between {low} and {high}")
 
-    level = lg["level"].upper()
+    token = _secret(a["token"], env, ADMIN_TOKEN_ENV).strip()
+    if token and _is_placeholder(token):
+        problems.add("synapse_admin.token", "still the example placeholder")
+
+    level = lg["level"].strip().upper()
     if level not in LOG_LEVELS:
         problems.add("logging.level", f"must be one of {', '.join(LOG_LEVELS)}")
 
-    if problems.problems:
-        raise ConfigError(problems.problems)
-    token = _secret(a["token"], env, ADMIN_TOKEN_ENV)
+    if problems.items:
+        raise ConfigError(problems.items)
     return Config(
         matrix=MatrixConfig(homeserver, UserId(m["user_id"]), password, m["device_name"]),
         storage=StorageConfig(data_dir),
@@ -246,18 +317,24 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path)
 
 
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a config file (env defaults to the process environment)."""
+    """Read and validate a config file; ``env`` defaults to the process environment.
+
+    File-level failures (missing, unreadable, not TOML) are a single ``<file>`` problem, since
+    nothing inside the file can be checked until it parses.
+    """
     environment = os.environ if env is None else env
     try:
-        text = path.read_bytes()
+        data = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError([("<file>", f"not found: {path}")]) from None
+        raise ConfigError([(FILE_KEY, f"not found: {path}")]) from None
     except OSError as exc:
-        raise ConfigError([("<file>", f"cannot read {path}: {exc.strerror}")]) from None
+        reason = exc.strerror or exc.__class__.__name__
+        raise ConfigError([(FILE_KEY, f"cannot read {path}: {reason}")]) from None
     try:
-        raw = tomllib.loads(text.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError([("<file>", f"not valid TOML: {exc}")]) from None
-    config = parse_config(raw, environment, path.resolve().parent)
-    return Config(config.matrix, config.storage, config.bot, config.synapse_admin,
-                  config.logging, path.resolve())
+        raw = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([(FILE_KEY, f"not valid UTF-8 (byte {exc.start})")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([(FILE_KEY, f"not valid TOML: {exc}")]) from None
+    source = path.resolve()
+    return dataclasses.replace(parse_config(raw, environment, source.parent), source=source)

@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import nio
 
@@ -24,7 +24,7 @@ ENCRYPTION_STATE = {
     "content": {"algorithm": "m.megolm.v1.aes-sha2"},
 }
 
-Message = nio.RoomMessageText | nio.RoomMessageNotice
+Message: TypeAlias = "nio.RoomMessageText | nio.RoomMessageNotice"
 
 
 class E2EEPeer:

@@ -251,7 +251,9 @@ class LocalSynapse:
         self.request("POST", "/_matrix/client/v3/logout", {}, token=result["access_token"])
         return str(result["user_id"])
 
-    def login(self, user_id: str, password: str, device_name: str = "nerbot-test") -> dict[str, Any]:
+    def login(
+        self, user_id: str, password: str, device_name: str = "nerbot-test"
+    ) -> dict[str, Any]:
         body = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user_id},
                 "password": password, "initial_device_display_name": device_name}
         result: dict[str, Any] = self.request("POST", "/_matrix/client/v3/login", body)

@@ -71,7 +71,7 @@ class EventRouter:
     def is_dm(self, room: nio.MatrixRoom) -> bool:
         if self.store.user_for_dm_room(RoomId(room.room_id)) is not None:
             return True
-        return room.member_count <= 2
+        return bool(room.member_count <= 2)
 
     # -- invites ----------------------------------------------------------------------------
 

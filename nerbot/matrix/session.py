@@ -14,6 +14,7 @@ import io
 import logging
 import os
 from dataclasses import dataclass
+from typing import cast
 
 import aiohttp
 import nio
@@ -111,7 +112,7 @@ async def open_session(config: Config, store: Store) -> MatrixSession:
                            str(exc).split(":", 1)[0])
             config.session_path.unlink(missing_ok=True)
             creds.access_token = None
-            creds.device_id = known_device
+            creds.device_id = cast(str, known_device)  # None: the server picks a new one
             api = botlib.Api(creds, _botlib_config(config))
             await _login_or_fail(api)
         except TRANSIENT_ERRORS:

@@ -14,18 +14,18 @@ def build_migrations() -> Migrations:
 
     @migrations(name="0001_initial")
     def initial(db: Database) -> None:
-        db["meta"].create({"key": str, "value": str}, pk="key")
-        db["users"].create(
+        db.table("meta").create({"key": str, "value": str}, pk="key")
+        db.table("users").create(
             {"user_id": str, "language": str, "first_seen_ms": int, "updated_ms": int},
             pk="user_id",
         )
-        db["dm_rooms"].create(
+        db.table("dm_rooms").create(
             {"user_id": str, "room_id": str, "created_ms": int}, pk="user_id"
         )
-        db["dm_rooms"].create_index(["room_id"], unique=True)
+        db.table("dm_rooms").create_index(["room_id"], unique=True)
         # Commands already answered: a replayed sync after a crash must not answer twice.
-        db["handled_events"].create({"event_id": str, "handled_ms": int}, pk="event_id")
-        db["invites"].create(
+        db.table("handled_events").create({"event_id": str, "handled_ms": int}, pk="event_id")
+        db.table("invites").create(
             {"room_id": str, "inviter": str, "accepted": int, "reason": str, "at_ms": int},
         )
 
