@@ -34,7 +34,9 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # nio and peewee are chatty at INFO/DEBUG; keep them at WARNING unless debugging.
+    # nio and peewee are chatty; keep them quiet unless debugging. nio.crypto warns about every
+    # history event a device cannot decrypt (normal for a bot); ours logs what matters.
     if level != "DEBUG":
         for noisy in ("nio", "peewee", "aiohttp.access"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger("nio.crypto").setLevel(logging.ERROR)

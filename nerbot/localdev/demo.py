@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,18 @@ logger = logging.getLogger(__name__)
 
 BOT_LOCALPART = "nerbot"
 DEMO_LOCALPART = "demo"
+DEFAULT_PORT = 8008
+
+
+def _default_port() -> int | None:
+    """8008 (what people expect) when it is free, else any free port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Synapse binds
+        try:
+            sock.bind(("127.0.0.1", DEFAULT_PORT))
+        except OSError:
+            return None
+    return DEFAULT_PORT
 
 
 def _accounts(workdir: Path) -> dict[str, Any]:
@@ -64,12 +77,32 @@ def _write_config(workdir: Path, homeserver: str, bot_user: str) -> Path:
     return path
 
 
+async def _demo_peer(
+    homeserver: str, user_id: str, accounts: dict[str, Any], workdir: Path
+) -> E2EEPeer:
+    """The demo user's client, on the same device every run (no pile of stale sessions)."""
+    store = workdir / "demo-peer-store"
+    saved = accounts.get("demo_session")
+    if saved:
+        try:
+            return await E2EEPeer.restore(homeserver, user_id, saved["device_id"],
+                                          saved["access_token"], store)
+        except RuntimeError:
+            logger.info("Stored demo login is no longer valid; logging in again")
+    peer = await E2EEPeer.login(homeserver, user_id, accounts["demo_password"], store,
+                                device_name="nerbot demo user")
+    accounts["demo_session"] = {"device_id": peer.device_id,
+                                "access_token": peer.client.access_token}
+    _save_accounts(workdir, accounts)
+    return peer
+
+
 async def run_demo(
     workdir: Path, port: int | None, report: Callable[[str], None], exit_after_reply: bool
 ) -> int:
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    synapse = LocalSynapse(workdir / "synapse", port=port)
+    synapse = LocalSynapse(workdir / "synapse", port=port or _default_port())
     peer: E2EEPeer | None = None
     app: NerbotApp | None = None
     try:
@@ -107,11 +140,9 @@ async def run_demo(
         await app.start()
         bot_ready = time.monotonic() - started
 
-        peer = await E2EEPeer.login(
-            synapse.url, demo_user, accounts["demo_password"], workdir / "demo-peer-store",
-            device_name="nerbot demo user",
-        )
+        peer = await _demo_peer(synapse.url, demo_user, accounts, workdir)
         peer.start()
+        await asyncio.wait_for(peer.synced.wait(), 60)
         room_id = accounts.get("dm_room")
         if not room_id or room_id not in peer.client.rooms:
             room_id = await peer.create_encrypted_dm(bot_user)

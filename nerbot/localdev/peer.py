@@ -36,6 +36,8 @@ class E2EEPeer:
         self.inbox: list[tuple[str, Message]] = []
         self._arrived = asyncio.Condition()
         self._sync_task: asyncio.Task[Any] | None = None
+        self.synced = asyncio.Event()
+        client.add_response_callback(self._on_sync, nio.SyncResponse)
         client.add_event_callback(self._on_message, (nio.RoomMessageText, nio.RoomMessageNotice))
         client.add_event_callback(self._on_invite, nio.InviteMemberEvent)
 
@@ -60,6 +62,21 @@ class E2EEPeer:
             await client.keys_upload()
         return cls(client, auto_join)
 
+    @classmethod
+    async def restore(
+        cls, homeserver: str, user_id: str, device_id: str, access_token: str, store_dir: Path,
+        auto_join: bool = True,
+    ) -> E2EEPeer:
+        """Reuse an earlier login (same device, same crypto store) instead of a new device."""
+        config = nio.AsyncClientConfig(encryption_enabled=True, store_sync_tokens=True)
+        client = nio.AsyncClient(homeserver, user_id, store_path=str(store_dir), config=config)
+        client.restore_login(user_id, device_id, access_token)
+        response = await client.whoami()
+        if not isinstance(response, nio.WhoamiResponse) or response.device_id != device_id:
+            await client.close()
+            raise RuntimeError(f"stored login of {user_id} is no longer valid")
+        return cls(client, auto_join)
+
     @property
     def user_id(self) -> str:
         return str(self.client.user_id)
@@ -81,6 +98,9 @@ class E2EEPeer:
             with contextlib.suppress(Exception):
                 await self.client.logout()
         await self.client.close()
+
+    async def _on_sync(self, response: nio.SyncResponse) -> None:
+        self.synced.set()
 
     async def _on_message(self, room: nio.MatrixRoom, event: Message) -> None:
         async with self._arrived:
