@@ -13,6 +13,7 @@ from nerbot.commands.registry import CommandRegistry, CommandRouter, IncomingTex
 from nerbot.config import Config
 from nerbot.i18n import Catalog
 from nerbot.ids import EventId, RoomId, UserId
+from nerbot.logs import quiet_libraries
 from nerbot.matrix.crosssigning import fingerprint
 from nerbot.matrix.events import EventRouter
 from nerbot.matrix.http import MatrixHttp
@@ -53,6 +54,7 @@ class NerbotApp:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self, first_sync_timeout: float = 120.0) -> None:
+        quiet_libraries()  # whoever configured logging, nio must not log tokens
         config = self.config
         store = self.store = Store(config.database_path)
         now = self.clock.now_ms()

@@ -108,7 +108,9 @@ async def _run(config: Config) -> int:
     app = NerbotApp(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(app.stop()))
+        # Only possible in the main thread (tests call main() from a worker thread).
+        with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(app.stop()))
     try:
         await app.run_until_stopped()
     except LoginFailed as exc:

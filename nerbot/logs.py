@@ -27,6 +27,23 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+# nio's DEBUG output includes whole login responses (access tokens), so nio never logs below
+# WARNING here, whatever the configured level; nio.crypto warns about every history event a
+# device cannot decrypt (normal for a bot), so it is kept to errors.
+_LIBRARY_LEVELS = {
+    "nio": logging.WARNING,
+    "nio.crypto": logging.ERROR,
+    "peewee": logging.WARNING,
+    "aiohttp.access": logging.WARNING,
+}
+
+
+def quiet_libraries() -> None:
+    """Cap chatty or secret-leaking library loggers (idempotent; the app calls it on start)."""
+    for name, level in _LIBRARY_LEVELS.items():
+        logging.getLogger(name).setLevel(level)
+
+
 def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -34,9 +51,4 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # nio and peewee are chatty; keep them quiet unless debugging. nio.crypto warns about every
-    # history event a device cannot decrypt (normal for a bot); ours logs what matters.
-    if level != "DEBUG":
-        for noisy in ("nio", "peewee", "aiohttp.access"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-        logging.getLogger("nio.crypto").setLevel(logging.ERROR)
+    quiet_libraries()
