@@ -222,3 +222,24 @@ async def test_bot_survives_homeserver_restart(
     await asyncio.to_thread(synapse.start)
     reply = await peer.ask(room_id, "!help", bot_id, timeout=120)
     assert "可用命令" in reply
+
+
+async def test_no_secret_reaches_the_logs(
+    start_bot: Any, make_user: Any, make_peer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    bot = await start_bot()
+    bot_id = bot.config.matrix.user_id
+    peer = await make_peer(make_user())
+    room_id = await open_dm(peer, bot)
+    await peer.ask(room_id, "!help", bot_id)
+    await bot.stop()
+    await start_bot()  # a restore path too
+    assert bot.session is not None
+    text = caplog.text
+    assert "Logged in as" in text  # the log was captured at all
+    assert bot.config.matrix.password not in text
+    assert bot.session.access_token not in text
+    keys = bot.config.cross_signing_keys_path.read_text()
+    for seed in json.loads(keys).values():
+        assert seed not in text
