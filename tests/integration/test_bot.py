@@ -243,3 +243,27 @@ async def test_no_secret_reaches_the_logs(
     keys = bot.config.cross_signing_keys_path.read_text()
     for seed in json.loads(keys).values():
         assert seed not in text
+
+
+async def test_joins_an_encrypted_group_room_on_invite_and_answers(
+    start_bot: Any, make_user: Any, make_peer: Any
+) -> None:
+    bot = await start_bot()
+    bot_id = bot.config.matrix.user_id
+    alice, bob = await make_peer(make_user("alice")), await make_peer(make_user("bob"))
+    response = await alice.client.room_create(
+        name="community", invite=[bot_id, bob.user_id],
+        initial_state=[{"type": "m.room.encryption", "state_key": "",
+                        "content": {"algorithm": "m.megolm.v1.aes-sha2"}}])
+    room_id = response.room_id
+    await alice.wait_for_join(room_id, bot_id)
+    await alice.wait_for_join(room_id, bob.user_id)
+    welcome = await alice.wait_for_message(room_id, sender=bot_id)
+    assert welcome.decrypted and "nerbot" in welcome.body
+    reply = await alice.ask(room_id, "!help", bot_id)
+    assert "可用命令" in reply
+    # everyone in the room can read the bot (its device is trusted by their clients' rules)
+    seen_by_bob = await bob.wait_for_message(
+        room_id, sender=bot_id, predicate=lambda m: "可用命令" in m.body)
+    assert seen_by_bob.decrypted
+    assert bot.store is not None and bot.store.get_dm_room(alice.user_id) is None
