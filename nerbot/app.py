@@ -10,14 +10,19 @@ from typing import TypeVar
 from nerbot.clock import SystemClock
 from nerbot.commands.basic import basic_commands
 from nerbot.commands.registry import CommandRegistry, CommandRouter, IncomingText
+from nerbot.commands.status import status_commands
 from nerbot.config import Config
+from nerbot.domain.assessment import AssessmentPolicy
+from nerbot.hygiene import HygieneService
 from nerbot.i18n import Catalog
 from nerbot.ids import EventId, RoomId, UserId
 from nerbot.logs import quiet_libraries
+from nerbot.matrix.admin import AdminProbe
 from nerbot.matrix.crosssigning import fingerprint
 from nerbot.matrix.events import EventRouter
 from nerbot.matrix.http import MatrixHttp
 from nerbot.matrix.identity import IdentityResult, ensure_identity
+from nerbot.matrix.keys import KeyDirectory, user_exists
 from nerbot.matrix.session import TRANSIENT_ERRORS, MatrixSession, open_session
 from nerbot.matrix.syncer import MAX_BACKOFF_SECONDS, SyncLoop
 from nerbot.matrix.transport import MatrixTransport
@@ -48,6 +53,8 @@ class NerbotApp:
         self.identity: IdentityResult | None = None
         self.events: EventRouter | None = None
         self.router: CommandRouter | None = None
+        self.hygiene: HygieneService | None = None
+        self.directory: KeyDirectory | None = None
         self.syncer: SyncLoop | None = None
         self._stopped = asyncio.Event()
 
@@ -81,10 +88,13 @@ class NerbotApp:
         logger.info("Cross-signing identity: %s", self.identity.state.value)
 
         transport = self.transport = MatrixTransport(client, http, store, self.clock)
+        hygiene = self.hygiene = self._build_hygiene(http)
         registry = CommandRegistry()
         registry.extend(
             basic_commands(registry, store, self.clock.now_ms, self.master_fingerprint)
         )
+        registry.extend(status_commands(hygiene, config.is_admin,
+                                        lambda user: user_exists(http, user)))
         self.router = CommandRouter(
             registry, self.catalog, transport, store.get_language, config.is_admin
         )
@@ -99,6 +109,7 @@ class NerbotApp:
             on_joined=self._on_joined,
             on_undecryptable=self._on_undecryptable,
             not_before_ms=not_before,
+            on_devices_changed=hygiene.invalidate,
         )
         events.register()
         syncer = self.syncer = SyncLoop(client)
@@ -125,6 +136,20 @@ class NerbotApp:
     async def run_until_stopped(self) -> None:
         await self.start()
         await self._stopped.wait()
+
+    def _build_hygiene(self, http: MatrixHttp) -> HygieneService:
+        config = self.config
+        self.directory = KeyDirectory(http, shares_room=self._shares_room)
+        admin = None
+        if config.synapse_admin.token:
+            admin = AdminProbe(http, config.synapse_admin.token,
+                               backup_check=config.synapse_admin.backup_check == "admin-login",
+                               concurrency=config.synapse_admin.concurrency)
+        policy = AssessmentPolicy(stale_after_days=config.assessment.stale_after_days)
+        return HygieneService(self.directory, admin, policy, self.clock)
+
+    def _shares_room(self, user_id: str) -> bool:
+        return self.events is not None and self.events.shares_room(user_id)
 
     def master_fingerprint(self) -> str:
         assert self.identity is not None

@@ -27,6 +27,7 @@ ADMIN_TOKEN_ENV: Final = "NERBOT_ADMIN_TOKEN"
 LANGUAGES: Final = ("zh", "en")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 GRACE_RANGE: Final = (1, 3600)
+BACKUP_CHECKS: Final = ("off", "admin-login")
 # Values people paste from examples and tutorials; a real secret is never one of these.
 _PLACEHOLDERS: Final = frozenset(
     {"change_me", "changeme", "change-me", "change me", "your-password", "your_password",
@@ -67,6 +68,17 @@ class SynapseAdminConfig:
     """Optional Synapse admin API access, for facts the client API does not expose."""
 
     token: str | None = field(repr=False)  # never in logs or tracebacks
+    # "admin-login": read a user's server-side key backup by logging in as them through the
+    # admin API (creates no device). Opt-in: it is a strong power, so operators must choose it.
+    backup_check: Literal["off", "admin-login"] = "off"
+    concurrency: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class AssessmentConfig:
+    """How the hygiene assessment judges sessions."""
+
+    stale_after_days: int = 90
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +97,7 @@ class Config:
     bot: BotConfig
     synapse_admin: SynapseAdminConfig
     logging: LoggingConfig
+    assessment: AssessmentConfig = AssessmentConfig()
     source: Path | None = None
 
     @property
@@ -132,7 +145,9 @@ _SCHEMA: Final[dict[str, dict[str, tuple[type, Any]]]] = {
         "allowed_servers": (list, []),
         "undecryptable_grace_seconds": (int, 30),
     },
-    "synapse_admin": {"token": (str, "")},
+    "synapse_admin": {"token": (str, ""), "backup_check": (str, "off"),
+                      "concurrency": (int, 8)},
+    "assessment": {"stale_after_days": (int, 90)},
     "logging": {"level": (str, "INFO")},
 }
 
@@ -296,6 +311,18 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path)
     if token and _is_placeholder(token):
         problems.add("synapse_admin.token", "still the example placeholder")
 
+    backup_check = a["backup_check"]
+    if backup_check not in BACKUP_CHECKS:
+        problems.add("synapse_admin.backup_check", f"must be one of {', '.join(BACKUP_CHECKS)}")
+    elif backup_check != "off" and not token:
+        problems.add("synapse_admin.backup_check",
+                     f"needs synapse_admin.token (or {ADMIN_TOKEN_ENV})")
+    if not 1 <= a["concurrency"] <= 64:
+        problems.add("synapse_admin.concurrency", "must be between 1 and 64")
+    stale_days = v["assessment"]["stale_after_days"]
+    if not 1 <= stale_days <= 3650:
+        problems.add("assessment.stale_after_days", "must be between 1 and 3650")
+
     level = lg["level"].strip().upper()
     if level not in LOG_LEVELS:
         problems.add("logging.level", f"must be one of {', '.join(LOG_LEVELS)}")
@@ -311,8 +338,10 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path)
             allowed_servers=tuple(b["allowed_servers"]),
             undecryptable_grace_seconds=grace,
         ),
-        synapse_admin=SynapseAdminConfig(token or None),
+        synapse_admin=SynapseAdminConfig(
+            token or None, cast(Literal["off", "admin-login"], backup_check), a["concurrency"]),
         logging=LoggingConfig(level),
+        assessment=AssessmentConfig(stale_days),
     )
 
 

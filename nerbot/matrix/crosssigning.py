@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -353,7 +353,12 @@ def master_key_of(response: Mapping[str, Any], user_id: str) -> str | None:
     return None if found is None else found[0]
 
 
-def self_signing_key_of(response: Mapping[str, Any], user_id: str) -> str | None:
+Verifier = Callable[[Any, str, str, str], bool]
+
+
+def self_signing_key_of(
+    response: Mapping[str, Any], user_id: str, verify: Verifier | None = None
+) -> str | None:
     """The user's self-signing public key, only if it is validly signed by their master key.
 
     An unsigned or wrongly signed self-signing key vouches for nothing, so it is reported as
@@ -364,7 +369,7 @@ def self_signing_key_of(response: Mapping[str, Any], user_id: str) -> str | None
     if master is None or found is None:
         return None
     public, obj = found
-    if not verify_signed_json(obj, user_id, f"ed25519:{master}", master):
+    if not (verify or verify_signed_json)(obj, user_id, f"ed25519:{master}", master):
         return None
     return public
 
@@ -381,14 +386,17 @@ def device_keys_of(response: Mapping[str, Any], user_id: str, device_id: str
     return device
 
 
-def is_device_cross_signed(response: Mapping[str, Any], user_id: str, device_id: str) -> bool:
+def is_device_cross_signed(
+    response: Mapping[str, Any], user_id: str, device_id: str, verify: Verifier | None = None
+) -> bool:
     """Whether the device's keys carry a valid signature by the user's self-signing key.
 
     Checked cryptographically along the whole chain: master → self-signing key → device. (The
     master key itself is only trustworthy once someone verified it; that is not decided here.)
     """
-    ssk = self_signing_key_of(response, user_id)
+    check = verify or verify_signed_json
+    ssk = self_signing_key_of(response, user_id, check)
     device = device_keys_of(response, user_id, device_id)
     if ssk is None or device is None:
         return False
-    return verify_signed_json(device, user_id, f"ed25519:{ssk}", ssk)
+    return check(device, user_id, f"ed25519:{ssk}", ssk)

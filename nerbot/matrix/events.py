@@ -39,6 +39,7 @@ class EventRouter:
         on_joined: JoinHandler,
         on_undecryptable: Callable[[RoomId, UserId], Awaitable[None]],
         not_before_ms: int,
+        on_devices_changed: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -48,6 +49,7 @@ class EventRouter:
         self.on_message = on_message
         self.on_joined = on_joined
         self.not_before_ms = not_before_ms
+        self.on_devices_changed = on_devices_changed
         self._invites_in_flight: set[str] = set()
         self.hold = UndecryptableHold(
             client, clock, grace_seconds,
@@ -63,6 +65,17 @@ class EventRouter:
         self.client.add_to_device_callback(
             self._on_room_key, (nio.RoomKeyEvent, nio.ForwardedRoomKeyEvent)
         )
+        self.client.add_response_callback(self._on_sync, nio.SyncResponse)
+
+    async def _on_sync(self, response: nio.SyncResponse) -> None:
+        changed = [str(u) for u in response.device_list.changed]
+        if changed and self.on_devices_changed is not None:
+            logger.debug("Device lists changed for %d users", len(changed))
+            self.on_devices_changed(changed)
+
+    def shares_room(self, user_id: str) -> bool:
+        """Whether the user is in a room with the bot (then sync tells us of their changes)."""
+        return any(user_id in room.users for room in self.client.rooms.values())
 
     @property
     def user_id(self) -> str:

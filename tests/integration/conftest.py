@@ -13,6 +13,7 @@ import pytest
 
 from nerbot.app import NerbotApp
 from nerbot.config import Config, parse_config
+from nerbot.ports import Clock
 
 
 @dataclass
@@ -21,11 +22,19 @@ class BotAccount:
     password: str
 
 
-def bot_config(homeserver: str, account: BotAccount, data_dir: Path, **bot: Any) -> Config:
+def bot_config(
+    homeserver: str,
+    account: BotAccount,
+    data_dir: Path,
+    admin_token: str | None = None,
+    backup_check: str = "off",
+    **bot: Any,
+) -> Config:
     raw: dict[str, Any] = {
         "matrix": {"homeserver": homeserver, "user_id": account.user_id, "device_name": "nerbot"},
         "storage": {"data_dir": str(data_dir)},
         "bot": {"language": "zh", "undecryptable_grace_seconds": 3, **bot},
+        "synapse_admin": {"token": admin_token or "", "backup_check": backup_check},
     }
     return parse_config(raw, {"NERBOT_PASSWORD": account.password}, data_dir.parent)
 
@@ -50,9 +59,11 @@ async def start_bot(
     """
     apps: list[NerbotApp] = []
 
-    async def start(data_dir: Path | None = None, **bot: Any) -> NerbotApp:
-        config = bot_config(synapse.url, bot_account, data_dir or tmp_path / "data", **bot)
-        app = NerbotApp(config)
+    async def start(
+        data_dir: Path | None = None, clock: Clock | None = None, **settings: Any
+    ) -> NerbotApp:
+        config = bot_config(synapse.url, bot_account, data_dir or tmp_path / "data", **settings)
+        app = NerbotApp(config, clock=clock)
         apps.append(app)
         await app.start()
         return app

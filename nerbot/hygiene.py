@@ -1,0 +1,93 @@
+"""The hygiene service: gather facts (keys, optionally admin), assess, cache until things change.
+
+Async edge around the pure assessment. It knows sources only through two small protocols, so
+the assessment never learns where a fact came from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Protocol
+
+from nerbot.domain.assessment import AssessmentPolicy, UserReport, assess_user
+from nerbot.domain.facts import AdminFacts, KeyFacts, combine
+from nerbot.ports import Clock
+
+logger = logging.getLogger(__name__)
+
+ADMIN_CACHE_MS = 10 * 60 * 1000
+
+
+class KeySource(Protocol):
+    async def facts(self, user_ids: Iterable[str], fresh: bool = False) -> dict[str, KeyFacts]:
+        ...
+
+    def invalidate(self, user_ids: Iterable[str]) -> None: ...
+
+
+class AdminSource(Protocol):
+    async def facts(self, user_id: str) -> AdminFacts: ...
+
+
+class HygieneService:
+    """Per-user reports for any set of users, as cheaply as the caches allow."""
+
+    def __init__(
+        self,
+        keys: KeySource,
+        admin: AdminSource | None,
+        policy: AssessmentPolicy,
+        clock: Clock,
+        admin_cache_ms: int = ADMIN_CACHE_MS,
+    ) -> None:
+        self.keys = keys
+        self.admin = admin
+        self.policy = policy
+        self.clock = clock
+        self.admin_cache_ms = admin_cache_ms
+        self._admin_cache: dict[str, tuple[int, AdminFacts]] = {}
+
+    @property
+    def admin_enabled(self) -> bool:
+        return self.admin is not None
+
+    def invalidate(self, user_ids: Iterable[str]) -> None:
+        users = list(user_ids)
+        self.keys.invalidate(users)
+        for user_id in users:
+            self._admin_cache.pop(user_id, None)
+
+    async def _admin_facts(self, user_ids: list[str], fresh: bool) -> dict[str, AdminFacts]:
+        if self.admin is None:
+            return {}
+        admin = self.admin
+        now = self.clock.now_ms()
+        result: dict[str, AdminFacts] = {}
+        missing = []
+        for user_id in user_ids:
+            hit = None if fresh else self._admin_cache.get(user_id)
+            if hit is not None and now - hit[0] < self.admin_cache_ms:
+                result[user_id] = hit[1]
+            else:
+                missing.append(user_id)
+        fetched = await asyncio.gather(*(admin.facts(u) for u in missing))
+        for user_id, facts in zip(missing, fetched, strict=True):
+            self._admin_cache[user_id] = (now, facts)
+            result[user_id] = facts
+        return result
+
+    async def assess(self, user_ids: Iterable[str], fresh: bool = False
+                     ) -> dict[str, UserReport]:
+        users = list(dict.fromkeys(user_ids))
+        keys, admin = await asyncio.gather(
+            self.keys.facts(users, fresh=fresh), self._admin_facts(users, fresh))
+        now = self.clock.now_ms()
+        return {
+            user_id: assess_user(combine(keys[user_id], admin.get(user_id)), self.policy, now)
+            for user_id in users
+        }
+
+    async def assess_one(self, user_id: str, fresh: bool = False) -> UserReport:
+        return (await self.assess([user_id], fresh=fresh))[user_id]

@@ -1,0 +1,102 @@
+"""Facts only a Synapse admin can see: key backup, secret storage, session last-seen times.
+
+Another user's key backup is invisible through the client API. With ``backup_check =
+"admin-login"`` the bot logs in *as* the user via the admin API (which creates no device), asks
+``/room_keys/version`` and logs that token out at once. Everything runs with bounded
+concurrency, since Synapse serves about ten parallel requests per device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import urllib.parse
+from collections.abc import Iterable
+from typing import Any
+
+from nerbot.domain.facts import AdminFacts, BackupFacts, BackupState
+from nerbot.errors import MatrixRequestError
+from nerbot.matrix.http import MatrixHttp
+
+logger = logging.getLogger(__name__)
+
+# Account data that records a user's recovery set-up, as Element writes it.
+SECRET_STORAGE_DEFAULT = "m.secret_storage.default_key"
+KEY_BACKUP_PREF = "m.key_backup"
+LEGACY_BACKUP_MARKER = "m.megolm_backup.v1"
+
+
+def _quote(user_id: str) -> str:
+    return urllib.parse.quote(user_id, safe="")
+
+
+class AdminProbe:
+    """Reads admin-only facts about users (needs a Synapse admin token)."""
+
+    def __init__(self, http: MatrixHttp, token: str, backup_check: bool, concurrency: int = 8
+                 ) -> None:
+        self.http = http
+        self.token = token
+        self.backup_check = backup_check
+        self._limit = asyncio.Semaphore(concurrency)
+        self.requests = 0
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
+                    token: str | None = None, ok: tuple[int, ...] = (200,)
+                    ) -> tuple[int, dict[str, Any]]:
+        async with self._limit:
+            self.requests += 1
+            return await self.http.request(method, path, body, token=token or self.token,
+                                           ok_statuses=ok)
+
+    async def facts_many(self, user_ids: Iterable[str]) -> dict[str, AdminFacts]:
+        users = list(user_ids)
+        results = await asyncio.gather(*(self.facts(u) for u in users))
+        return dict(zip(users, results, strict=True))
+
+    async def facts(self, user_id: str) -> AdminFacts:
+        user = _quote(user_id)
+        status, _ = await self._call("GET", f"/_synapse/admin/v2/users/{user}", ok=(200, 404))
+        if status == 404:
+            return AdminFacts(False, BackupFacts(), {}, {})
+        devices, account_data = await asyncio.gather(
+            self._call("GET", f"/_synapse/admin/v2/users/{user}/devices"),
+            self._call("GET", f"/_synapse/admin/v1/users/{user}/accountdata"),
+        )
+        last_seen = {
+            str(d["device_id"]): (int(d["last_seen_ts"]) if d.get("last_seen_ts") else None)
+            for d in devices[1].get("devices", []) if isinstance(d, dict) and "device_id" in d
+        }
+        global_data = account_data[1].get("account_data", {}).get("global", {})
+        if not isinstance(global_data, dict):
+            global_data = {}
+        state, version = BackupState.UNKNOWN, None
+        if self.backup_check:
+            state, version = await self._backup_version(user_id)
+        pref = global_data.get(KEY_BACKUP_PREF)
+        backup = BackupFacts(
+            state=state,
+            version=version,
+            secret_storage=bool(global_data.get(SECRET_STORAGE_DEFAULT, {}).get("key")),
+            key_backup_enabled=pref.get("enabled") if isinstance(pref, dict) and isinstance(
+                pref.get("enabled"), bool) else None,
+            legacy_backup_marker=LEGACY_BACKUP_MARKER in global_data,
+        )
+        return AdminFacts(True, backup, last_seen, global_data)
+
+    async def _backup_version(self, user_id: str) -> tuple[BackupState, str | None]:
+        """Log in as the user (no device is created), read the backup version, log out."""
+        _, login = await self._call(
+            "POST", f"/_synapse/admin/v1/users/{_quote(user_id)}/login", {})
+        token = str(login["access_token"])
+        try:
+            status, body = await self._call("GET", "/_matrix/client/v3/room_keys/version",
+                                            token=token, ok=(200, 404))
+        finally:
+            try:
+                await self._call("POST", "/_matrix/client/v3/logout", {}, token=token)
+            except MatrixRequestError:
+                logger.warning("Could not log out the backup-check token for %s", user_id)
+        if status == 404:
+            return BackupState.ABSENT, None
+        return BackupState.PRESENT, str(body.get("version"))

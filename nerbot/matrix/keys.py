@@ -1,0 +1,153 @@
+"""Gather users' key facts: batched ``/keys/query`` with a cache that sync invalidates.
+
+Every signature is checked here (never trusted from the server's word) and each check is
+memoised on (key, signature, signed bytes), so no signature is verified twice. A user's entry is
+dropped when ``/sync`` reports their device list changed; that only happens for users sharing a
+room with the bot, so anyone else is re-queried whenever a scan needs them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nerbot.domain.facts import DeviceFacts, KeyFacts
+from nerbot.matrix.crosssigning import (
+    canonical_json,
+    device_keys_of,
+    master_key_of,
+    self_signing_key_of,
+    verify_signed_json,
+)
+from nerbot.matrix.http import MatrixHttp
+
+logger = logging.getLogger(__name__)
+
+KEYS_QUERY = "/_matrix/client/v3/keys/query"
+DEFAULT_BATCH = 1000
+
+
+@dataclass
+class DirectoryStats:
+    """Counters the benchmark and tests read to prove what was (not) re-done."""
+
+    requests: int = 0
+    users_fetched: int = 0
+    cache_hits: int = 0
+    signatures_verified: int = 0
+    signature_cache_hits: int = 0
+
+
+class SignatureCache:
+    """``verify_signed_json`` memoised on (public key, key ID, signature, signed-bytes hash)."""
+
+    def __init__(self, stats: DirectoryStats) -> None:
+        self._results: dict[tuple[str, str, str, bytes], bool] = {}
+        self.stats = stats
+
+    def verify(self, obj: Any, user_id: str, key_id: str, public_key: str) -> bool:
+        try:
+            signature = obj["signatures"][user_id][key_id]
+            digest = hashlib.sha256(canonical_json(obj)).digest()
+        except (KeyError, TypeError, AttributeError, ValueError):
+            return False
+        if not isinstance(signature, str):
+            return False
+        key = (public_key, f"{user_id}/{key_id}", signature, digest)
+        cached = self._results.get(key)
+        if cached is not None:
+            self.stats.signature_cache_hits += 1
+            return cached
+        self.stats.signatures_verified += 1
+        result = verify_signed_json(obj, user_id, key_id, public_key)
+        self._results[key] = result
+        return result
+
+
+def facts_from_response(
+    response: Mapping[str, Any], user_id: str, verify: Callable[[Any, str, str, str], bool]
+) -> KeyFacts:
+    """One user's facts from a /keys/query response (signatures checked with ``verify``)."""
+    master = master_key_of(response, user_id)
+    ssk = self_signing_key_of(response, user_id, verify)
+    by_user = response.get("device_keys", {})
+    devices_raw = by_user.get(user_id) if isinstance(by_user, Mapping) else None
+    devices: list[DeviceFacts] = []
+    if isinstance(devices_raw, Mapping):
+        for device_id in devices_raw:
+            device = device_keys_of(response, user_id, str(device_id))
+            if device is None:
+                continue
+            keys = device.get("keys")
+            ed25519 = keys.get(f"ed25519:{device_id}") if isinstance(keys, Mapping) else None
+            curve = keys.get(f"curve25519:{device_id}") if isinstance(keys, Mapping) else None
+            # A device's own signature must hold, or its keys are not really its keys.
+            self_signed = isinstance(ed25519, str) and verify(
+                device, user_id, f"ed25519:{device_id}", ed25519)
+            has_keys = bool(self_signed and isinstance(curve, str))
+            cross_signed = bool(has_keys and ssk is not None and verify(
+                device, user_id, f"ed25519:{ssk}", ssk))
+            unsigned = device.get("unsigned")
+            name = unsigned.get("device_display_name") if isinstance(unsigned, Mapping) else None
+            devices.append(DeviceFacts(str(device_id), name if isinstance(name, str) else None,
+                                       has_keys, cross_signed))
+    return KeyFacts(user_id, master is not None, ssk is not None, master, tuple(devices))
+
+
+@dataclass
+class KeyDirectory:
+    """Key facts for many users at the cost of as few ``/keys/query`` requests as possible."""
+
+    http: MatrixHttp
+    shares_room: Callable[[str], bool]
+    batch_size: int = DEFAULT_BATCH
+    stats: DirectoryStats = field(default_factory=DirectoryStats)
+    _cache: dict[str, KeyFacts] = field(default_factory=dict)
+    _signatures: SignatureCache | None = None
+
+    def __post_init__(self) -> None:
+        self._signatures = SignatureCache(self.stats)
+
+    def invalidate(self, user_ids: Iterable[str]) -> None:
+        """Forget users whose device lists changed (called from the sync handler)."""
+        for user_id in user_ids:
+            self._cache.pop(user_id, None)
+
+    def cached(self, user_id: str) -> KeyFacts | None:
+        return self._cache.get(user_id)
+
+    async def facts(self, user_ids: Iterable[str], fresh: bool = False) -> dict[str, KeyFacts]:
+        wanted = list(dict.fromkeys(user_ids))
+        result: dict[str, KeyFacts] = {}
+        missing: list[str] = []
+        for user_id in wanted:
+            cached = None if fresh else self._cache.get(user_id)
+            # Only room-mates' device-list changes reach us, so only their entries are trusted.
+            if cached is not None and self.shares_room(user_id):
+                self.stats.cache_hits += 1
+                result[user_id] = cached
+            else:
+                missing.append(user_id)
+        for start in range(0, len(missing), self.batch_size):
+            batch = missing[start:start + self.batch_size]
+            _, response = await self.http.request(
+                "POST", KEYS_QUERY, {"device_keys": {u: [] for u in batch}, "timeout": 10000})
+            self.stats.requests += 1
+            self.stats.users_fetched += len(batch)
+            assert self._signatures is not None
+            for user_id in batch:
+                facts = facts_from_response(response, user_id, self._signatures.verify)
+                self._cache[user_id] = facts
+                result[user_id] = facts
+        return result
+
+
+async def user_exists(http: MatrixHttp, user_id: str) -> bool:
+    """Whether the homeserver knows the user (profile lookup; 404 means no such user)."""
+    path = f"/_matrix/client/v3/profile/{urllib.parse.quote(user_id, safe='')}"
+    status, _ = await http.request("GET", path, ok_statuses=(200, 403, 404))
+    return status != 404

@@ -1,0 +1,111 @@
+"""Turning /keys/query responses into facts: every signature checked, each only once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nerbot.domain.facts import KeyFacts
+from nerbot.matrix.crosssigning import CrossSigningKeys, SigningKey, sign_json
+from nerbot.matrix.keys import DirectoryStats, KeyDirectory, SignatureCache, facts_from_response
+
+USER = "@a:hs"
+
+
+def device_keys(device_id: str, key: SigningKey, name: str = "phone") -> dict[str, Any]:
+    obj = {"user_id": USER, "device_id": device_id, "algorithms": [],
+           "keys": {f"ed25519:{device_id}": key.public, f"curve25519:{device_id}": "c" * 43}}
+    signed = sign_json(obj, USER, f"ed25519:{device_id}", key)
+    signed["unsigned"] = {"device_display_name": name}
+    return signed
+
+
+def response(cs: CrossSigningKeys | None, devices: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    body: dict[str, Any] = {"device_keys": {USER: devices}}
+    if cs is not None:
+        upload = cs.device_signing_upload_body(USER)
+        body["master_keys"] = {USER: upload["master_key"]}
+        body["self_signing_keys"] = {USER: upload["self_signing_key"]}
+    return body
+
+
+def test_facts_from_response_checks_every_link() -> None:
+    cs = CrossSigningKeys.generate()
+    a, b, c = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
+    signed = {**cs.sign_device(device_keys("A", a)), "unsigned": {"device_display_name": "phone"}}
+    bogus_self_signature = device_keys("C", c)
+    bogus_self_signature["keys"]["ed25519:C"] = SigningKey.generate().public
+    resp = response(cs, {"A": signed, "B": device_keys("B", b), "C": bogus_self_signature,
+                         "D": {"user_id": USER, "device_id": "D"}})
+    stats = DirectoryStats()
+    facts = facts_from_response(resp, USER, SignatureCache(stats).verify)
+    by_id = {d.device_id: d for d in facts.devices}
+    assert facts.has_master_key and facts.self_signing_valid
+    assert by_id["A"].cross_signed and by_id["A"].display_name == "phone"
+    assert by_id["B"].has_identity_keys and not by_id["B"].cross_signed
+    assert not by_id["C"].has_identity_keys  # its own signature does not hold
+    assert not by_id["D"].has_identity_keys and not by_id["D"].cross_signed
+
+
+def test_no_cross_signing() -> None:
+    facts = facts_from_response(response(None, {"A": device_keys("A", SigningKey.generate())}),
+                                USER, SignatureCache(DirectoryStats()).verify)
+    assert not facts.has_master_key and not facts.self_signing_valid
+    assert not facts.devices[0].cross_signed and facts.devices[0].has_identity_keys
+
+
+def test_signature_cache_checks_each_signature_once() -> None:
+    cs = CrossSigningKeys.generate()
+    resp = response(cs, {"A": cs.sign_device(device_keys("A", SigningKey.generate()))})
+    stats = DirectoryStats()
+    cache = SignatureCache(stats)
+    facts_from_response(resp, USER, cache.verify)
+    verified = stats.signatures_verified
+    assert verified == 3  # master→ssk, device self-signature, ssk→device
+    facts_from_response(resp, USER, cache.verify)
+    assert stats.signatures_verified == verified and stats.signature_cache_hits == 3
+
+
+def test_signature_cache_is_keyed_on_content() -> None:
+    key = SigningKey.generate()
+    signed = sign_json({"a": 1}, USER, key.key_id, key)
+    cache = SignatureCache(DirectoryStats())
+    assert cache.verify(signed, USER, key.key_id, key.public)
+    tampered = {**signed, "a": 2}
+    assert not cache.verify(tampered, USER, key.key_id, key.public)
+
+
+class FakeHttp:
+    """Answers /keys/query from a table and counts requests (the seam below KeyDirectory)."""
+
+    def __init__(self, table: dict[str, dict[str, Any]]) -> None:
+        self.table = table
+        self.batches: list[list[str]] = []
+
+    async def request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                      **_: Any) -> tuple[int, dict[str, Any]]:
+        assert body is not None
+        users = list(body["device_keys"])
+        self.batches.append(users)
+        return 200, {"device_keys": {u: self.table.get(u, {}) for u in users}}
+
+
+async def test_directory_batches_caches_and_distrusts_strangers() -> None:
+    table = {f"@u{i}:hs": {} for i in range(5)}
+    http = FakeHttp(table)
+    room_mates = {"@u0:hs", "@u1:hs", "@u2:hs", "@u3:hs"}
+    directory = KeyDirectory(http, shares_room=lambda u: u in room_mates,  # type: ignore[arg-type]
+                             batch_size=2)
+    first = await directory.facts(table)
+    assert all(isinstance(f, KeyFacts) for f in first.values())
+    assert [len(b) for b in http.batches] == [2, 2, 1]
+    http.batches.clear()
+    await directory.facts(table)
+    assert http.batches == [["@u4:hs"]]  # only the user sharing no room is re-queried
+    http.batches.clear()
+    directory.invalidate(["@u1:hs"])
+    await directory.facts(["@u0:hs", "@u1:hs"])
+    assert http.batches == [["@u1:hs"]]
+    http.batches.clear()
+    await directory.facts(["@u0:hs"], fresh=True)
+    assert http.batches == [["@u0:hs"]]
+    assert directory.stats.cache_hits == 5
