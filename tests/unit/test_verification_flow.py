@@ -110,7 +110,7 @@ def test_tampered_mac_is_key_mismatch() -> None:
 def test_inactivity_and_request_timeouts() -> None:
     bot = flow(BOT, BOT_DEV, ALICE, ALICE_DEV, we_requested=True)
     assert bot.tick(T0 + v.REQUEST_VALID_MS) == []
-    (send, cancelled) = bot.tick(T0 + v.REQUEST_VALID_MS + 1)
+    (_send, cancelled) = bot.tick(T0 + v.REQUEST_VALID_MS + 1)
     assert isinstance(cancelled, v.Cancelled) and cancelled.code == "m.timeout"
     stale = flow(BOT, BOT_DEV, ALICE, None, we_requested=False)
     old = {"from_device": ALICE_DEV, "methods": [v.SAS_V1], "timestamp": T0}
