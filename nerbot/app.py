@@ -5,20 +5,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from nerbot.clock import SystemClock
 from nerbot.commands.basic import basic_commands
 from nerbot.commands.registry import CommandRegistry, CommandRouter, IncomingText
 from nerbot.commands.status import status_commands
+from nerbot.commands.verify import VerificationConversation, verify_commands
 from nerbot.config import Config
 from nerbot.domain.assessment import AssessmentPolicy
+from nerbot.domain.verification import VerificationLimits
 from nerbot.hygiene import HygieneService
 from nerbot.i18n import Catalog
-from nerbot.ids import EventId, RoomId, UserId
+from nerbot.i18n.catalog import load_sas_emoji
+from nerbot.ids import EventId, RoomId, UserId, server_of
 from nerbot.logs import quiet_libraries
 from nerbot.matrix.admin import AdminProbe
-from nerbot.matrix.crosssigning import fingerprint
+from nerbot.matrix.crosssigning import CrossSigningKeys, fingerprint
 from nerbot.matrix.events import EventRouter
 from nerbot.matrix.http import MatrixHttp
 from nerbot.matrix.identity import IdentityResult, ensure_identity
@@ -26,6 +29,7 @@ from nerbot.matrix.keys import KeyDirectory, user_exists
 from nerbot.matrix.session import TRANSIENT_ERRORS, MatrixSession, open_session
 from nerbot.matrix.syncer import MAX_BACKOFF_SECONDS, SyncLoop
 from nerbot.matrix.transport import MatrixTransport
+from nerbot.matrix.verification import VerificationService
 from nerbot.ports import Clock
 from nerbot.runner import TaskRunner
 from nerbot.store import Store
@@ -55,6 +59,7 @@ class NerbotApp:
         self.router: CommandRouter | None = None
         self.hygiene: HygieneService | None = None
         self.directory: KeyDirectory | None = None
+        self.verifier: VerificationService | None = None
         self.syncer: SyncLoop | None = None
         self._stopped = asyncio.Event()
 
@@ -95,6 +100,8 @@ class NerbotApp:
         )
         registry.extend(status_commands(hygiene, config.is_admin,
                                         lambda user: user_exists(http, user)))
+        verifier = self.verifier = self._build_verifier(client, http, store, transport)
+        registry.extend(verify_commands(verifier, transport.ensure_dm))
         self.router = CommandRouter(
             registry, self.catalog, transport, store.get_language, config.is_admin
         )
@@ -112,6 +119,7 @@ class NerbotApp:
             on_devices_changed=hygiene.invalidate,
         )
         events.register()
+        verifier.register()
         syncer = self.syncer = SyncLoop(client)
         self.runner.spawn(syncer.run(), name="sync")
         self.runner.every(UNDECRYPTABLE_RETRY_SECONDS, events.hold.retry, name="undecryptable")
@@ -147,6 +155,22 @@ class NerbotApp:
                                concurrency=config.synapse_admin.concurrency)
         policy = AssessmentPolicy(stale_after_days=config.assessment.stale_after_days)
         return HygieneService(self.directory, admin, policy, self.clock)
+
+    def _build_verifier(self, client: Any, http: MatrixHttp, store: Store,
+                        transport: MatrixTransport) -> VerificationService:
+        config = self.config
+        keys = CrossSigningKeys.load(config.cross_signing_keys_path)
+        verifier = VerificationService(
+            client, http, store, self.clock, self.runner,
+            cross_signing=lambda: keys,
+            is_allowed=lambda user: server_of(user) in config.inviter_servers,
+            limits=VerificationLimits(config.verification.max_per_hour,
+                                      config.verification.max_cancels_per_hour),
+            send_room=lambda room, kind, content: transport.send_content(room, content, kind),
+        )
+        verifier.ui = VerificationConversation(transport, self.catalog, load_sas_emoji(),
+                                               store.get_language)
+        return verifier
 
     def _shares_room(self, user_id: str) -> bool:
         return self.events is not None and self.events.shares_room(user_id)

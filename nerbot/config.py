@@ -82,6 +82,14 @@ class AssessmentConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class VerificationConfig:
+    """Limits against abuse of emoji verification, per user."""
+
+    max_per_hour: int = 5
+    max_cancels_per_hour: int = 3
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     """Log verbosity; applied by the CLI, not here, so importing config has no side effects."""
 
@@ -98,6 +106,7 @@ class Config:
     synapse_admin: SynapseAdminConfig
     logging: LoggingConfig
     assessment: AssessmentConfig = AssessmentConfig()
+    verification: VerificationConfig = VerificationConfig()
     source: Path | None = None
 
     @property
@@ -148,6 +157,7 @@ _SCHEMA: Final[dict[str, dict[str, tuple[type, Any]]]] = {
     "synapse_admin": {"token": (str, ""), "backup_check": (str, "off"),
                       "concurrency": (int, 8)},
     "assessment": {"stale_after_days": (int, 90)},
+    "verification": {"max_per_hour": (int, 5), "max_cancels_per_hour": (int, 3)},
     "logging": {"level": (str, "INFO")},
 }
 
@@ -323,6 +333,11 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path)
     if not 1 <= stale_days <= 3650:
         problems.add("assessment.stale_after_days", "must be between 1 and 3650")
 
+    ver = v["verification"]
+    for key in ("max_per_hour", "max_cancels_per_hour"):
+        if not 1 <= ver[key] <= 100:
+            problems.add(f"verification.{key}", "must be between 1 and 100")
+
     level = lg["level"].strip().upper()
     if level not in LOG_LEVELS:
         problems.add("logging.level", f"must be one of {', '.join(LOG_LEVELS)}")
@@ -342,6 +357,7 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path)
             token or None, cast(Literal["off", "admin-login"], backup_check), a["concurrency"]),
         logging=LoggingConfig(level),
         assessment=AssessmentConfig(stale_days),
+        verification=VerificationConfig(ver["max_per_hour"], ver["max_cancels_per_hour"]),
     )
 
 

@@ -32,3 +32,11 @@ class MatrixRequestError(NerbotError):
         self.errcode = str(body.get("errcode", ""))
         # Paths never contain secrets (tokens travel in headers), so they are safe to log.
         super().__init__(f"{method} {path} -> {status} {self.errcode} {body.get('error', '')}")
+
+
+class VerificationRefused(NerbotError):
+    """A verification could not start; ``reason`` names the catalog message (verify.<reason>)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -337,6 +337,12 @@ class VerificationFlow:
             return []
         return self._cancel(USER)
 
+    def fail(self, code: str) -> list[Action]:
+        """Cancel with a spec code decided outside the machine (e.g. keys unusable)."""
+        if self.finished:
+            return []
+        return self._cancel(code)
+
     def reject_sas(self) -> list[Action]:
         """Our side says the emoji differ (not used by the bot, which cannot look)."""
         return self._cancel("m.mismatched_sas")
@@ -350,3 +356,20 @@ class VerificationFlow:
         self.phase = Phase.CANCELLED
         self.cancel = Cancelled(code, reason, by_us=True)
         return [Send(CANCEL, {"code": code, "reason": reason}), self.cancel]
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationLimits:
+    """Per-user limits: the bot must not become a tool to spam or probe people."""
+
+    max_per_hour: int = 5
+    max_cancels_per_hour: int = 3
+
+    def refusal(self, results_last_hour: list[str]) -> str | None:
+        """None when a new verification may start, else why not ("rate" or "cooldown")."""
+        cancels = sum(1 for r in results_last_hour if r == "cancelled")
+        if cancels >= self.max_cancels_per_hour:
+            return "cooldown"
+        if len(results_last_hour) >= self.max_per_hour:
+            return "rate"
+        return None

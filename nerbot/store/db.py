@@ -153,6 +153,41 @@ class Store:
                 )
         return claimed
 
+    # -- verifications ----------------------------------------------------------------------
+
+    def verification_started(self, txn: str, user_id: UserId, device_id: str | None,
+                             direction: str, transport: str, now_ms: int) -> None:
+        with self.db.atomic():
+            self._table("verifications").upsert(
+                {"txn": txn, "user_id": user_id, "device_id": device_id or "",
+                 "direction": direction, "transport": transport, "started_ms": now_ms,
+                 "ended_ms": None, "result": "pending", "cancel_code": None,
+                 "master_key_signed": 0}, pk="txn")
+
+    def verification_ended(self, txn: str, result: str, now_ms: int,
+                           cancel_code: str | None = None, device_id: str | None = None,
+                           master_key_signed: bool = False) -> None:
+        updates: dict[str, object] = {"ended_ms": now_ms, "result": result,
+                                      "cancel_code": cancel_code,
+                                      "master_key_signed": int(master_key_signed)}
+        if device_id:
+            updates["device_id"] = device_id
+        with self.db.atomic():
+            self._table("verifications").update(txn, updates)
+
+    def verifications(self, user_id: UserId | None = None) -> list[dict[str, object]]:
+        where, args = ("user_id = ?", [user_id]) if user_id else (None, None)
+        rows = self._table("verifications").rows_where(where, args, order_by="started_ms")
+        return [dict(r) | {"duration_ms": (r["ended_ms"] - r["started_ms"])
+                           if r["ended_ms"] else None} for r in rows]
+
+    def verification_attempts_since(self, user_id: UserId, since_ms: int) -> list[str]:
+        """Results of the user's verifications started since then (for rate limits)."""
+        rows = self.db.execute(
+            "SELECT result FROM verifications WHERE user_id = ? AND started_ms >= ? "
+            "ORDER BY started_ms", [user_id, since_ms]).fetchall()
+        return [str(r[0]) for r in rows]
+
     # -- invites ----------------------------------------------------------------------------
 
     def record_invite(

@@ -29,4 +29,14 @@ def build_migrations() -> Migrations:
             {"room_id": str, "inviter": str, "accepted": int, "reason": str, "at_ms": int},
         )
 
+    @migrations(name="0002_verifications")
+    def verifications(db: Database) -> None:
+        db.table("verifications").create(
+            {"txn": str, "user_id": str, "device_id": str, "direction": str, "transport": str,
+             "started_ms": int, "ended_ms": int, "result": str, "cancel_code": str,
+             "master_key_signed": int},
+            pk="txn",
+        )
+        db.table("verifications").create_index(["user_id", "started_ms"])
+
     return migrations

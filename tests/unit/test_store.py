@@ -25,7 +25,8 @@ def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
     Store(path).close()
     store = Store(path)
     rows = store.db.execute("SELECT name FROM _sqlite_migrations").fetchall()
-    assert [r[0] for r in rows] == ["0001_initial"]
+    assert [r[0] for r in rows] == [m.name for m in build_migrations()._migrations]
+    assert len(rows) == len(set(r[0] for r in rows))
     store.close()
 
 
