@@ -146,6 +146,9 @@ class VerificationFlow:
     we_requested: bool
     sas_factory: SasFactory
     created_ms: int
+    # Transport fields the start must carry (transaction_id or m.relates_to): the commitment
+    # covers the start exactly as sent, so they are part of it from the beginning.
+    start_fields: dict[str, Any] = field(default_factory=dict)
     phase: Phase = Phase.REQUESTED
     last_event_ms: int = 0
     sas: SasMath | None = None
@@ -222,7 +225,7 @@ class VerificationFlow:
         self.phase = Phase.READY
         sas = self.sas = self.sas_factory(from_device)
         self._our_start = True
-        return [Send(START, sas.make_start({}))]
+        return [Send(START, sas.make_start(dict(self.start_fields)))]
 
     def _on_start(self, content: dict[str, Any]) -> list[Action]:
         from_device = content.get("from_device")

@@ -30,8 +30,9 @@ Commands (reply fields after ``->``; every reply also has ``id`` and ``ok``, a f
   side starts is accepted.
 - ``confirm {match?=true, txn?}`` -> ``txn``: the emoji match (sends the MAC) or not
   (``m.mismatched_sas``). ``cancel {code?="m.user", reason?, txn?}`` -> ``txn``.
-- ``stall``: from now on incoming verification events (to-device and in-room) are dropped
-  before the crypto sees them, and nothing is answered: the other side has to time out.
+- ``stall {on?=true}`` -> ``stalled``: from now on incoming verification events (to-device
+  and in-room) are dropped before the crypto sees them, and nothing is answered: the other
+  side has to time out. ``on: false`` resumes normal behaviour.
 - ``status {user_id, device_id?}`` -> ``identity_verified, cross_signing_verified,
   identity_was_verified, identity_needs_approval`` and, with ``device_id``, ``device_known,
   device_verified, device_locally_verified, device_cross_signing_verified,

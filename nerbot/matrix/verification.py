@@ -145,6 +145,8 @@ class VerificationService:
                       content: dict[str, Any], room_id: RoomId | None) -> None:
         now = self.clock.now_ms()
         active = self.active.get(txn)
+        logger.debug("Verification event %s for %s from %s (%s)", event_type, txn, sender,
+                     "known" if active else "new")
         if active is None:
             if event_type not in (v.REQUEST, v.START):
                 if transport == "to_device" and event_type != v.CANCEL:
@@ -207,8 +209,11 @@ class VerificationService:
                               str(self.client.olm.account.identity_keys["ed25519"]), other, txn,
                               own.master_public if own else None, their_master)
 
+        start_fields: dict[str, Any] = (
+            {"transaction_id": txn} if transport == "to_device"
+            else {"m.relates_to": {"rel_type": "m.reference", "event_id": txn}})
         flow = v.VerificationFlow(txn, self.user_id, self.device_id, user_id, device_id,
-                                  direction == "outgoing", sas_factory, now)
+                                  direction == "outgoing", sas_factory, now, start_fields)
         active = holder["active"] = Active(flow, transport, direction, room_id)
         self.active[txn] = active
         self.store.verification_started(txn, user_id, device_id, direction, transport, now)

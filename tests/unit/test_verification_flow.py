@@ -171,3 +171,16 @@ def test_user_cancel() -> None:
     assert isinstance(send, v.Send) and send.content["code"] == "m.user"
     assert isinstance(cancelled, v.Cancelled) and cancelled.by_us
     assert bot.user_cancel() == []
+
+
+def test_start_carries_transport_fields_inside_the_commitment() -> None:
+    fields = {"m.relates_to": {"rel_type": "m.reference", "event_id": "txn1"}}
+    bot = flow(BOT, BOT_DEV, ALICE, ALICE_DEV, we_requested=True)
+    bot.start_fields = fields
+    alice = flow(ALICE, ALICE_DEV, BOT, None, we_requested=False)
+    ready = alice.receive_request(bot.request_content(T0), T0)
+    start = deliver(ready, bot, ALICE)
+    assert sends(start)[0].content["m.relates_to"] == fields["m.relates_to"]
+    key = deliver(deliver(start, alice, BOT), bot, ALICE)
+    shown = deliver(deliver(key, alice, BOT), bot, ALICE)
+    assert of(shown, v.ShowSas) and bot.phase is v.Phase.KEYS  # commitment held
