@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable
 from typing import Protocol
 
-from nerbot.domain.assessment import AssessmentPolicy, UserReport, assess_user
+from nerbot.domain.assessment import DAY_MS, AssessmentPolicy, UserReport, assess_user
 from nerbot.domain.facts import AdminFacts, KeyFacts, combine
 from nerbot.ports import Clock
 
@@ -48,6 +48,9 @@ class HygieneService:
         self.clock = clock
         self.admin_cache_ms = admin_cache_ms
         self._admin_cache: dict[str, tuple[int, AdminFacts]] = {}
+        # A report is reused while its inputs are the very same objects and the day (which
+        # idle-day counts depend on) has not changed: an unchanged scan costs dict lookups.
+        self._reports: dict[str, tuple[KeyFacts, AdminFacts | None, int, UserReport]] = {}
 
     @property
     def admin_enabled(self) -> bool:
@@ -58,6 +61,7 @@ class HygieneService:
         self.keys.invalidate(users)
         for user_id in users:
             self._admin_cache.pop(user_id, None)
+            self._reports.pop(user_id, None)
 
     async def _admin_facts(self, user_ids: list[str], fresh: bool) -> dict[str, AdminFacts]:
         if self.admin is None:
@@ -84,10 +88,19 @@ class HygieneService:
         keys, admin = await asyncio.gather(
             self.keys.facts(users, fresh=fresh), self._admin_facts(users, fresh))
         now = self.clock.now_ms()
-        return {
-            user_id: assess_user(combine(keys[user_id], admin.get(user_id)), self.policy, now)
-            for user_id in users
-        }
+        day = now // DAY_MS
+        reports: dict[str, UserReport] = {}
+        for user_id in users:
+            key_facts, admin_facts = keys[user_id], admin.get(user_id)
+            memo = self._reports.get(user_id)
+            if memo is not None and memo[0] is key_facts and memo[1] is admin_facts \
+                    and memo[2] == day:
+                reports[user_id] = memo[3]
+                continue
+            report = assess_user(combine(key_facts, admin_facts), self.policy, now)
+            self._reports[user_id] = (key_facts, admin_facts, day, report)
+            reports[user_id] = report
+        return reports
 
     async def assess_one(self, user_id: str, fresh: bool = False) -> UserReport:
         return (await self.assess([user_id], fresh=fresh))[user_id]

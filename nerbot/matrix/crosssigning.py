@@ -248,6 +248,27 @@ def sign_json(obj: Mapping[str, Any], user_id: str, key_id: str, private_key: Si
     return signed
 
 
+def parse_public_key(public_key_b64: object) -> Any | None:
+    """A vodozemac Ed25519 key, or None unless it is canonical unpadded base64 of 32 bytes."""
+    if not _is_unpadded_base64_of(public_key_b64, PUBLIC_KEY_BYTES):
+        return None
+    try:
+        return vodozemac.Ed25519PublicKey.from_base64(public_key_b64)
+    except vodozemac.KeyException:
+        return None
+
+
+def verify_signature(message: bytes, signature: object, public_key: Any) -> bool:
+    """Check one Ed25519 signature over ``message`` with a parsed key; never raises."""
+    if not _is_unpadded_base64_of(signature, SIGNATURE_BYTES):
+        return False
+    try:
+        public_key.verify_signature(message, vodozemac.Ed25519Signature.from_base64(signature))
+    except (vodozemac.SignatureException, vodozemac.KeyException, ValueError):
+        return False
+    return True
+
+
 def verify_signed_json(obj: Any, user_id: str, key_id: str, public_key_b64: str) -> bool:
     """True only if ``obj`` carries a valid signature by ``public_key_b64`` under ``key_id``.
 
@@ -256,18 +277,13 @@ def verify_signed_json(obj: Any, user_id: str, key_id: str, public_key_b64: str)
     """
     try:
         signature = obj["signatures"][user_id][key_id]
-        if not (_is_unpadded_base64_of(public_key_b64, PUBLIC_KEY_BYTES)
-                and _is_unpadded_base64_of(signature, SIGNATURE_BYTES)):
+        key = parse_public_key(public_key_b64)
+        if key is None:
             return False
-        vodozemac.Ed25519PublicKey.from_base64(public_key_b64).verify_signature(
-            canonical_json(obj), vodozemac.Ed25519Signature.from_base64(signature)
-        )
-    except (vodozemac.SignatureException, vodozemac.KeyException):
-        return False
+        return verify_signature(canonical_json(obj), signature, key)
     except (KeyError, TypeError, AttributeError, ValueError, RecursionError):
         # Not a JSON object of the expected shape, or not encodable as canonical JSON.
         return False
-    return True
 
 
 def _is_unpadded_base64_of(value: object, length: int) -> TypeGuard[str]:

@@ -8,7 +8,7 @@ room with the bot, so anyone else is re-queried whenever a scan needs them.
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import logging
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
@@ -20,8 +20,9 @@ from nerbot.matrix.crosssigning import (
     canonical_json,
     device_keys_of,
     master_key_of,
+    parse_public_key,
     self_signing_key_of,
-    verify_signed_json,
+    verify_signature,
 )
 from nerbot.matrix.http import MatrixHttp
 
@@ -43,37 +44,59 @@ class DirectoryStats:
 
 
 class SignatureCache:
-    """``verify_signed_json`` memoised on (public key, key ID, signature, signed-bytes hash)."""
+    """Signature checks memoised on (public key, signature, signed bytes); parsed keys kept.
+
+    Canonical JSON is built once per object and passed as bytes, so a device checked for its
+    own signature and for its cross-signature is encoded once.
+    """
 
     def __init__(self, stats: DirectoryStats) -> None:
-        self._results: dict[tuple[str, str, str, bytes], bool] = {}
+        self._results: dict[tuple[str, str, bytes], bool] = {}
+        self._keys: dict[str, Any] = {}
         self.stats = stats
 
     def verify(self, obj: Any, user_id: str, key_id: str, public_key: str) -> bool:
+        """The ``Verifier`` shape used by ``self_signing_key_of``."""
+        signature = _signature(obj, user_id, key_id)
+        if signature is None:
+            return False
         try:
-            signature = obj["signatures"][user_id][key_id]
-            digest = hashlib.sha256(canonical_json(obj)).digest()
-        except (KeyError, TypeError, AttributeError, ValueError):
+            message = canonical_json(obj)
+        except (TypeError, ValueError, RecursionError):
             return False
-        if not isinstance(signature, str):
-            return False
-        key = (public_key, f"{user_id}/{key_id}", signature, digest)
-        cached = self._results.get(key)
+        return self.verify_message(message, signature, public_key)
+
+    def verify_message(self, message: bytes, signature: str, public_key: str) -> bool:
+        memo = (public_key, signature, message)
+        cached = self._results.get(memo)
         if cached is not None:
             self.stats.signature_cache_hits += 1
             return cached
         self.stats.signatures_verified += 1
-        result = verify_signed_json(obj, user_id, key_id, public_key)
-        self._results[key] = result
+        key = self._keys.get(public_key)
+        if key is None:
+            key = parse_public_key(public_key)
+            if key is not None:
+                self._keys[public_key] = key
+        result = key is not None and verify_signature(message, signature, key)
+        self._results[memo] = result
         return result
 
 
+def _signature(obj: Any, user_id: str, key_id: str) -> str | None:
+    try:
+        signature = obj["signatures"][user_id][key_id]
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return signature if isinstance(signature, str) else None
+
+
 def facts_from_response(
-    response: Mapping[str, Any], user_id: str, verify: Callable[[Any, str, str, str], bool]
+    response: Mapping[str, Any], user_id: str, signatures: SignatureCache
 ) -> KeyFacts:
-    """One user's facts from a /keys/query response (signatures checked with ``verify``)."""
+    """One user's facts from a /keys/query response (every signature checked, memoised)."""
     master = master_key_of(response, user_id)
-    ssk = self_signing_key_of(response, user_id, verify)
+    ssk = self_signing_key_of(response, user_id, signatures.verify)
     by_user = response.get("device_keys", {})
     devices_raw = by_user.get(user_id) if isinstance(by_user, Mapping) else None
     devices: list[DeviceFacts] = []
@@ -85,12 +108,18 @@ def facts_from_response(
             keys = device.get("keys")
             ed25519 = keys.get(f"ed25519:{device_id}") if isinstance(keys, Mapping) else None
             curve = keys.get(f"curve25519:{device_id}") if isinstance(keys, Mapping) else None
+            own = _signature(device, user_id, f"ed25519:{device_id}")
+            try:
+                message = canonical_json(device)
+            except (TypeError, ValueError, RecursionError):
+                continue
             # A device's own signature must hold, or its keys are not really its keys.
-            self_signed = isinstance(ed25519, str) and verify(
-                device, user_id, f"ed25519:{device_id}", ed25519)
+            self_signed = (isinstance(ed25519, str) and own is not None
+                           and signatures.verify_message(message, own, ed25519))
             has_keys = bool(self_signed and isinstance(curve, str))
-            cross_signed = bool(has_keys and ssk is not None and verify(
-                device, user_id, f"ed25519:{ssk}", ssk))
+            cross = _signature(device, user_id, f"ed25519:{ssk}") if ssk else None
+            cross_signed = bool(has_keys and ssk is not None and cross is not None
+                                and signatures.verify_message(message, cross, ssk))
             unsigned = device.get("unsigned")
             name = unsigned.get("device_display_name") if isinstance(unsigned, Mapping) else None
             devices.append(DeviceFacts(str(device_id), name if isinstance(name, str) else None,
@@ -132,18 +161,31 @@ class KeyDirectory:
                 result[user_id] = cached
             else:
                 missing.append(user_id)
-        for start in range(0, len(missing), self.batch_size):
-            batch = missing[start:start + self.batch_size]
+        batches = [missing[i:i + self.batch_size]
+                   for i in range(0, len(missing), self.batch_size)]
+        assert self._signatures is not None
+        pending = self._fetch(batches[0]) if batches else None
+        for index, batch in enumerate(batches):
+            assert pending is not None
+            response = await pending
+            if index + 1 < len(batches):
+                # Ask for the next batch now, so the server works while we check signatures.
+                pending = self._fetch(batches[index + 1])
+                await asyncio.sleep(0)
+            for user_id in batch:
+                facts = facts_from_response(response, user_id, self._signatures)
+                self._cache[user_id] = facts
+                result[user_id] = facts
+        return result
+
+    def _fetch(self, batch: list[str]) -> asyncio.Task[dict[str, Any]]:
+        async def fetch() -> dict[str, Any]:
             _, response = await self.http.request(
                 "POST", KEYS_QUERY, {"device_keys": {u: [] for u in batch}, "timeout": 10000})
             self.stats.requests += 1
             self.stats.users_fetched += len(batch)
-            assert self._signatures is not None
-            for user_id in batch:
-                facts = facts_from_response(response, user_id, self._signatures.verify)
-                self._cache[user_id] = facts
-                result[user_id] = facts
-        return result
+            return response
+        return asyncio.get_running_loop().create_task(fetch())
 
 
 async def user_exists(http: MatrixHttp, user_id: str) -> bool:

@@ -37,7 +37,7 @@ def test_facts_from_response_checks_every_link() -> None:
     resp = response(cs, {"A": signed, "B": device_keys("B", b), "C": bogus_self_signature,
                          "D": {"user_id": USER, "device_id": "D"}})
     stats = DirectoryStats()
-    facts = facts_from_response(resp, USER, SignatureCache(stats).verify)
+    facts = facts_from_response(resp, USER, SignatureCache(stats))
     by_id = {d.device_id: d for d in facts.devices}
     assert facts.has_master_key and facts.self_signing_valid
     assert by_id["A"].cross_signed and by_id["A"].display_name == "phone"
@@ -48,7 +48,7 @@ def test_facts_from_response_checks_every_link() -> None:
 
 def test_no_cross_signing() -> None:
     facts = facts_from_response(response(None, {"A": device_keys("A", SigningKey.generate())}),
-                                USER, SignatureCache(DirectoryStats()).verify)
+                                USER, SignatureCache(DirectoryStats()))
     assert not facts.has_master_key and not facts.self_signing_valid
     assert not facts.devices[0].cross_signed and facts.devices[0].has_identity_keys
 
@@ -58,10 +58,10 @@ def test_signature_cache_checks_each_signature_once() -> None:
     resp = response(cs, {"A": cs.sign_device(device_keys("A", SigningKey.generate()))})
     stats = DirectoryStats()
     cache = SignatureCache(stats)
-    facts_from_response(resp, USER, cache.verify)
+    facts_from_response(resp, USER, cache)
     verified = stats.signatures_verified
     assert verified == 3  # master→ssk, device self-signature, ssk→device
-    facts_from_response(resp, USER, cache.verify)
+    facts_from_response(resp, USER, cache)
     assert stats.signatures_verified == verified and stats.signature_cache_hits == 3
 
 
