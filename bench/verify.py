@@ -1,0 +1,184 @@
+"""Benchmark: emoji verification, bot vs Element's crypto, against the js<->js floor.
+
+For each transport (to-device, in-room) it runs complete verifications (request → emoji →
+"They match" → done on both sides), sequentially and 10 in parallel, between the real bot and
+matrix-js-sdk peers (Rust crypto), and the same verification between two js-sdk peers (the
+floor: what Element's crypto costs on both sides). It prints the median wall time per
+verification, the ratio bot/floor (target <= 1.5) and the bot's CPU time per verification
+(target <= 20 ms; the process CPU of this script, which also drives the peers, so it is an
+upper bound). Everything runs on 127.0.0.1 and is stopped at the end.
+
+    uv run python bench/verify.py [--parallel 10] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from nerbot.app import NerbotApp
+from nerbot.config import parse_config
+from nerbot.localdev.jspeer import PEER_DIR, JsPeer, ensure_installed
+from nerbot.localdev.synapse import LocalSynapse
+
+logger = logging.getLogger("bench.verify")
+
+
+@dataclass
+class Person:
+    user_id: str
+    peer: JsPeer
+    room_id: str = ""
+
+    @property
+    def device_id(self) -> str:
+        assert self.peer.device_id is not None
+        return self.peer.device_id
+
+
+async def person(synapse: LocalSynapse, prefix: str) -> Person:
+    localpart = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    password = secrets.token_urlsafe(12)
+    user_id = await asyncio.to_thread(synapse.register_user, localpart, password)
+    peer = await JsPeer.start(name=localpart)
+    await peer.login(synapse.url, user_id, password, device_name=prefix)
+    await peer.call("bootstrap_cross_signing", password=password)
+    return Person(user_id, peer)
+
+
+async def with_bot(p: Person, bot_id: str, bot_device: str, transport: str) -> float:
+    started = time.perf_counter()
+    if transport == "to_device":
+        await p.peer.call("request_device", user_id=bot_id, device_id=bot_device,
+                          start_sas=True)
+    else:
+        await p.peer.call("request_dm", user_id=bot_id, room_id=p.room_id, start_sas=True)
+    await p.peer.next_event("sas", timeout=60)
+    await p.peer.call("confirm", match=True)
+    await p.peer.next_event("done", timeout=60)
+    return time.perf_counter() - started
+
+
+async def floor(a: Person, b: Person, transport: str) -> float:
+    started = time.perf_counter()
+    if transport == "to_device":
+        sent = await a.peer.call("request_device", user_id=b.user_id, device_id=b.device_id,
+                                 start_sas=True)
+    else:
+        sent = await a.peer.call("request_dm", user_id=b.user_id, room_id=a.room_id,
+                                 start_sas=True)
+    txn = sent["txn"]
+    await b.peer.call("accept_next", timeout=60)
+    await asyncio.gather(a.peer.next_event("sas", timeout=60, txn=txn),
+                         b.peer.next_event("sas", timeout=60, txn=txn))
+    await asyncio.gather(a.peer.call("confirm", match=True), b.peer.call("confirm", match=True))
+    await asyncio.gather(a.peer.next_event("done", timeout=60, txn=txn),
+                         b.peer.next_event("done", timeout=60, txn=txn))
+    return time.perf_counter() - started
+
+
+async def measure(runs: list[Callable[[], Awaitable[float]]], parallel: bool
+                  ) -> tuple[list[float], float]:
+    cpu = time.process_time()
+    if parallel:
+        walls = list(await asyncio.gather(*(run() for run in runs)))
+    else:
+        walls = [await run() for run in runs]
+    return walls, time.process_time() - cpu
+
+
+async def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    ensure_installed(PEER_DIR)
+    workdir = Path(tempfile.mkdtemp(prefix="nerbot-bench-verify-"))
+    synapse = LocalSynapse(workdir / "synapse")
+    people: list[Person] = []
+    app: NerbotApp | None = None
+    out = sys.stdout
+    try:
+        await asyncio.to_thread(synapse.start)
+        password = secrets.token_urlsafe(12)
+        bot_id = await asyncio.to_thread(synapse.register_user, "nerbot", password)
+        config = parse_config(
+            {"matrix": {"homeserver": synapse.url, "user_id": bot_id},
+             "storage": {"data_dir": str(workdir / "bot")},
+             "verification": {"max_per_hour": 100, "max_cancels_per_hour": 100}},
+            {"NERBOT_PASSWORD": password}, workdir)
+        app = NerbotApp(config)
+        await app.start()
+        assert app.session is not None
+        bot_device = app.session.device_id
+        n = args.parallel
+        people = list(await asyncio.gather(*(person(synapse, f"p{i}") for i in range(n))))
+        partners = list(await asyncio.gather(*(person(synapse, f"q{i}") for i in range(n))))
+        for p in people:  # each person: a DM with the bot
+            p.room_id = (await p.peer.call("create_dm", user_id=bot_id))["room_id"]
+            await p.peer.call("wait_member", room_id=p.room_id, user_id=bot_id, timeout=30)
+            await p.peer.call("track", user_id=bot_id, device_id=bot_device, timeout=30)
+        for p, q in zip(people, partners, strict=True):  # and one with their floor partner
+            room = (await p.peer.call("create_dm", user_id=q.user_id))["room_id"]
+            await q.peer.call("join", room_id=room)
+            await p.peer.call("wait_member", room_id=room, user_id=q.user_id, timeout=30)
+            await asyncio.gather(p.peer.call("track", user_id=q.user_id, device_id=q.device_id),
+                                 q.peer.call("track", user_id=p.user_id, device_id=p.device_id))
+            q.room_id = room  # the floor pair's DM, used for in-room floor runs
+        out.write(f"setup done: {n} people + {n} floor partners, bot device {bot_device}\n")
+
+        rows = []
+        for transport in ("to_device", "in_room"):
+            for parallel in (False, True):
+                def bot_run(p: Person, t: str = transport) -> Callable[[], Awaitable[float]]:
+                    return lambda: with_bot(p, bot_id, bot_device, t)
+
+                def floor_run(p: Person, q: Person, t: str = transport
+                              ) -> Callable[[], Awaitable[float]]:
+                    async def run() -> float:
+                        a = Person(p.user_id, p.peer, q.room_id)
+                        return await floor(a, q, t)
+                    return run
+
+                if parallel:
+                    bot_runs = [bot_run(p) for p in people]
+                    floor_runs = [floor_run(p, q) for p, q in zip(people, partners, strict=True)]
+                else:
+                    bot_runs = [bot_run(people[0]) for _ in range(args.repeats)]
+                    floor_runs = [floor_run(people[0], partners[0])
+                                  for _ in range(args.repeats)]
+                bot_walls, bot_cpu = await measure(bot_runs, parallel)
+                floor_walls, _ = await measure(floor_runs, parallel)
+                rows.append((transport, "parallel" if parallel else "sequential",
+                             statistics.median(bot_walls), statistics.median(floor_walls),
+                             bot_cpu / len(bot_runs)))
+        out.write("\ntransport   mode        bot median  floor median  bot/floor  "
+                  "bot CPU/verification\n")
+        for transport, mode, bot_med, floor_med, cpu in rows:
+            ratio = bot_med / floor_med
+            out.write(f"{transport:<11} {mode:<11} {bot_med * 1000:8.0f} ms {floor_med * 1000:9.0f}"
+                      f" ms  {ratio:8.2f} {'PASS' if ratio <= 1.5 else 'MISS'}  "
+                      f"{cpu * 1000:8.1f} ms {'PASS' if cpu <= 0.020 else 'MISS'}\n")
+        records = app.store.verifications() if app.store else []
+        verified = sum(1 for r in records if r["result"] == "verified")
+        out.write(f"\nbot records: {len(records)} verifications, {verified} verified\n")
+        return 0
+    finally:
+        await asyncio.gather(*(p.peer.close() for p in people), return_exceptions=True)
+        if app is not None:
+            await app.stop()
+        await asyncio.to_thread(synapse.stop)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parallel", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
+    raise SystemExit(asyncio.run(main(parser.parse_args())))
