@@ -214,3 +214,30 @@ async def test_stalled_peer_times_out(setup: Setup) -> None:
     record = setup.records()[-1]
     assert record["result"] == "timeout" and record["cancel_code"] == "m.timeout"
     assert not verifier.active
+
+
+async def test_requests_from_users_not_allowed_are_never_accepted(
+    jspeer_ready: None, start_bot: Callable[..., Any], make_user: Any, synapse: Any
+) -> None:
+    bot = await start_bot(allowed_servers=["elsewhere.example"])
+    user = make_user("stranger")
+    peer = await JsPeer.start(name=user.localpart)
+    try:
+        await peer.login(synapse.url, user.user_id, user.password, device_name="Element")
+        assert bot.session is not None
+        # A shared room (opened by the bot itself), so the peer learns the bot's device.
+        room = await bot.session.client.room_create(
+            invite=[user.user_id],
+            initial_state=[{"type": "m.room.encryption", "state_key": "",
+                            "content": {"algorithm": "m.megolm.v1.aes-sha2"}}])
+        await peer.call("join", room_id=room.room_id)
+        await peer.call("track", user_id=bot.config.matrix.user_id,
+                        device_id=bot.session.device_id, timeout=30)
+        await peer.call("request_device", user_id=bot.config.matrix.user_id,
+                        device_id=bot.session.device_id, start_sas=True)
+        cancelled = await peer.next_event("cancelled", timeout=30)
+        assert cancelled["code"] == "m.user"
+        assert not [e for e in peer.events if e["event"] == "sas"]
+        assert bot.store is not None and bot.store.verifications() == []
+    finally:
+        await peer.close()

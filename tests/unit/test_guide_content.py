@@ -1,0 +1,205 @@
+"""Guide content (``nerbot/guides/data/*.toml``): complete in both languages, renderable in Matrix.
+
+Pure file checks: the guides are data, so a typo in a table name, a step missing in one language
+or a broken link would otherwise only show up when a user reaches that step.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+import unicodedata
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import emoji
+import pytest
+
+from nerbot.matrix.transport import render_notice
+
+DATA = Path(__file__).resolve().parents[2] / "nerbot" / "guides" / "data"
+GUIDES = ("backup", "new-device", "verify-sessions", "verify-user", "practice")
+LANGUAGES = ("zh", "en")
+CHECKPOINTS = {"", "cross_signing", "backup", "sessions_verified", "new_session_signed"}
+TOP_KEYS = {"name", "title", "summary", "footer", "steps"}
+STEP_KEYS = {"id", "checkpoint", *LANGUAGES, "check_failed", "check_passed"}
+MAX_TEXT_CHARS = 1500
+# Matrix caps an event at 65,536 bytes; Megolm ciphertext is base64 of the padded JSON, so stay
+# far below: title + step + footer as the notice the bot sends (plain body + HTML).
+MAX_EVENT_BYTES = 8000
+
+ID_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+LINK_RE = re.compile(r"\[([^\[\]\n]+)\]\(([^()\s]+)\)")
+CJK_RE = re.compile(r"[\u4e00-\u9fff]")
+NAV_RE = re.compile(r"!(back|stop)\b")
+
+
+def load(name: str) -> dict[str, Any]:
+    with (DATA / f"{name}.toml").open("rb") as f:
+        return tomllib.load(f)
+
+
+def step_variants(step: dict[str, Any], lang: str) -> dict[str, str]:
+    """``{"all": …}`` or ``{"web": …, "mobile": …}`` for one language."""
+    table = step[lang]
+    assert isinstance(table, dict), f"{step['id']}.{lang} must be a table"
+    return table
+
+
+def texts(guide: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """Every user-visible text as ``(where, text)``."""
+    for table in ("title", "summary", "footer"):
+        for lang in LANGUAGES:
+            yield f"{table}.{lang}", guide[table][lang]
+    for step in guide["steps"]:
+        for lang in LANGUAGES:
+            for platform, text in step_variants(step, lang).items():
+                yield f"{step['id']}.{lang}.{platform}", text
+        for table in ("check_failed", "check_passed"):
+            for lang in LANGUAGES:
+                if table in step:
+                    yield f"{step['id']}.{table}.{lang}", step[table][lang]
+
+
+@pytest.fixture(scope="module", params=GUIDES)
+def guide(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return load(request.param)
+
+
+def test_data_folder_holds_exactly_the_guides() -> None:
+    assert sorted(p.stem for p in DATA.glob("*.toml")) == sorted(GUIDES)
+
+
+def test_header(guide: dict[str, Any]) -> None:
+    assert set(guide) <= TOP_KEYS, f"unknown keys {set(guide) - TOP_KEYS}"
+    assert guide["name"] in GUIDES
+    for table in ("title", "summary", "footer"):
+        assert set(guide[table]) == set(LANGUAGES), f"{guide['name']}: {table}"
+        for lang in LANGUAGES:
+            assert isinstance(guide[table][lang], str) and guide[table][lang].strip()
+
+
+@pytest.mark.parametrize("name", GUIDES)
+def test_name_matches_file(name: str) -> None:
+    assert load(name)["name"] == name
+
+
+def test_footer_carries_the_navigation_hint(guide: dict[str, Any]) -> None:
+    for lang in LANGUAGES:
+        footer = guide["footer"][lang]
+        for command in ("`!next`", "`!back`", "`!stop`"):
+            assert command in footer, f"{guide['name']}: footer.{lang} lacks {command}"
+        assert "done" in footer and "好了" in footer
+    # The engine appends the footer; steps must not repeat it.
+    for where, text in texts(guide):
+        if not where.startswith("footer."):
+            assert not NAV_RE.search(text), f"{guide['name']}: {where} repeats the footer"
+
+
+def test_steps_are_well_formed(guide: dict[str, Any]) -> None:
+    steps = guide["steps"]
+    assert isinstance(steps, list) and steps
+    ids = [step["id"] for step in steps]
+    assert len(ids) == len(set(ids)), f"{guide['name']}: duplicate step ids {ids}"
+    for step in steps:
+        where = f"{guide['name']}.{step['id']}"
+        assert ID_RE.match(step["id"]), f"{where}: id must be kebab-case"
+        assert set(step) <= STEP_KEYS, f"{where}: unknown keys {set(step) - STEP_KEYS}"
+        assert step["checkpoint"] in CHECKPOINTS, f"{where}: checkpoint {step['checkpoint']!r}"
+        shapes = []
+        for lang in LANGUAGES:
+            variants = step_variants(step, lang)
+            assert set(variants) in ({"all"}, {"web", "mobile"}), f"{where}.{lang}: {set(variants)}"
+            assert all(isinstance(t, str) and t.strip() for t in variants.values()), where
+            shapes.append(set(variants))
+        assert shapes[0] == shapes[1], f"{where}: zh and en have different shapes"
+        checked = ("check_failed", "check_passed")
+        if step["checkpoint"]:
+            for table in checked:
+                assert set(step.get(table, {})) == set(LANGUAGES), f"{where}: {table}"
+        else:
+            assert not any(table in step for table in checked), f"{where}: no checkpoint to check"
+
+
+def test_languages_are_what_they_claim(guide: dict[str, Any]) -> None:
+    for where, text in texts(guide):
+        if where.endswith(".zh") or ".zh." in where:
+            assert CJK_RE.search(text), f"{guide['name']}: {where} has no Chinese"
+        elif not where.startswith("footer."):  # the English footer quotes 好了 on purpose
+            assert not CJK_RE.search(text), f"{guide['name']}: {where} has Chinese"
+
+
+def test_checkpoints_cover_the_issue() -> None:
+    def checkpoints(name: str) -> list[str]:
+        return [step["checkpoint"] for step in load(name)["steps"]]
+
+    assert checkpoints("backup")[-1] == "cross_signing"
+    assert "backup" in checkpoints("backup")
+    assert "new_session_signed" in checkpoints("new-device")
+    assert "sessions_verified" in checkpoints("verify-sessions")
+    practice = load("practice")
+    assert 2 <= len(practice["steps"]) <= 3
+    assert any("`!verify`" in t for _, t in texts(practice))
+
+
+def test_text_lengths(guide: dict[str, Any]) -> None:
+    for where, text in texts(guide):
+        assert len(text) <= MAX_TEXT_CHARS, f"{guide['name']}: {where} is {len(text)} chars"
+
+
+def test_longest_rendered_message_fits(guide: dict[str, Any]) -> None:
+    extras = [
+        step.get(table, {}).get(lang, "")
+        for step in guide["steps"]
+        for table in ("check_failed", "check_passed")
+        for lang in LANGUAGES
+    ]
+    for step in guide["steps"]:
+        for lang in LANGUAGES:
+            for text in step_variants(step, lang).values():
+                message = "\n\n".join(
+                    [
+                        f"**{guide['title'][lang]}**",
+                        max(extras, key=len),
+                        text,
+                        guide["footer"][lang],
+                    ]
+                )
+                content = render_notice(message)
+                size = len(json.dumps(content, ensure_ascii=False).encode("utf-8"))
+                assert size < MAX_EVENT_BYTES, f"{guide['name']}.{step['id']}: {size} bytes"
+                assert content["formatted_body"].strip()
+
+
+def test_links_are_well_formed(guide: dict[str, Any]) -> None:
+    for where, text in texts(guide):
+        links = LINK_RE.findall(text)
+        assert text.count("](") == len(links), f"{guide['name']}: {where} has a broken link"
+        for _label, url in links:
+            parsed = urllib.parse.urlparse(url)
+            assert parsed.scheme in ("http", "https") and parsed.netloc, f"{where}: {url}"
+
+
+def test_no_stray_placeholders(guide: dict[str, Any]) -> None:
+    for where, text in texts(guide):
+        bare = text.replace("{{", "").replace("}}", "")
+        assert "{" not in bare and "}" not in bare, f"{guide['name']}: {where} has a placeholder"
+
+
+def test_emoji_are_valid(guide: dict[str, Any]) -> None:
+    for where, text in texts(guide):
+        covered: set[int] = set()
+        for found in emoji.emoji_list(text):
+            assert emoji.is_emoji(found["emoji"]), f"{guide['name']}: {where}: {found}"
+            covered.update(range(found["match_start"], found["match_end"]))
+        # Leftover pieces of emoji (joiners, selectors, modifiers, pictographs the emoji
+        # package does not know) would render as boxes or split glyphs.
+        for i, ch in enumerate(text):
+            if i in covered:
+                continue
+            assert ch not in "\u200d\ufe0f", f"{guide['name']}: {where}: stray {ch!r} at {i}"
+            stray = unicodedata.category(ch) in ("So", "Sk") and ord(ch) >= 0x1F000
+            assert not stray, f"{guide['name']}: {where}: unknown emoji {ch!r} at {i}"
