@@ -20,18 +20,14 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import nio
 
+from nerbot.matrix.transport import ENCRYPTION_STATE
+
 logger = logging.getLogger(__name__)
 
-MEGOLM = "m.megolm.v1.aes-sha2"
-ENCRYPTION_STATE: dict[str, Any] = {
-    "type": "m.room.encryption",
-    "state_key": "",
-    "content": {"algorithm": MEGOLM},
-}
 
 Message: TypeAlias = "nio.RoomMessageText | nio.RoomMessageNotice"
 MessagePredicate: TypeAlias = "Callable[[Message], bool]"
@@ -260,6 +256,14 @@ class E2EEPeer:
         logger.info("Peer %s created encrypted DM %s with %s", self.user_id, room_id,
                     other_user_id)
         return room_id
+
+    async def create_encrypted_room(self, invite: list[str], name: str = "community") -> str:
+        """An encrypted group room (not a DM) with the given users invited; return its ID."""
+        response = await self.client.room_create(name=name, invite=invite,
+                                                 initial_state=[ENCRYPTION_STATE])
+        if not isinstance(response, nio.RoomCreateResponse):
+            raise RuntimeError(f"room creation failed: {response}")
+        return str(response.room_id)
 
     async def _add_direct_room(self, other_user_id: str, room_id: str) -> None:
         direct: dict[str, list[str]] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ from nerbot.matrix.http import MatrixHttp
 logger = logging.getLogger(__name__)
 
 KEYS_QUERY = "/_matrix/client/v3/keys/query"
-DEFAULT_BATCH = 1000
+DEFAULT_BATCH = 250
+PREFETCH = 3
 
 
 @dataclass
@@ -164,14 +166,14 @@ class KeyDirectory:
         batches = [missing[i:i + self.batch_size]
                    for i in range(0, len(missing), self.batch_size)]
         assert self._signatures is not None
-        pending = self._fetch(batches[0]) if batches else None
+        # A few requests in flight ahead of the one being checked: the server (another process)
+        # answers them while this process verifies signatures.
+        pending = deque(self._fetch(b) for b in batches[:PREFETCH])
         for index, batch in enumerate(batches):
-            assert pending is not None
-            response = await pending
-            if index + 1 < len(batches):
-                # Ask for the next batch now, so the server works while we check signatures.
-                pending = self._fetch(batches[index + 1])
-                await asyncio.sleep(0)
+            response = await pending.popleft()
+            if index + PREFETCH < len(batches):
+                pending.append(self._fetch(batches[index + PREFETCH]))
+            await asyncio.sleep(0)  # let the queued requests go out before the CPU work
             for user_id in batch:
                 facts = facts_from_response(response, user_id, self._signatures)
                 self._cache[user_id] = facts

@@ -251,11 +251,7 @@ async def test_joins_an_encrypted_group_room_on_invite_and_answers(
     bot = await start_bot()
     bot_id = bot.config.matrix.user_id
     alice, bob = await make_peer(make_user("alice")), await make_peer(make_user("bob"))
-    response = await alice.client.room_create(
-        name="community", invite=[bot_id, bob.user_id],
-        initial_state=[{"type": "m.room.encryption", "state_key": "",
-                        "content": {"algorithm": "m.megolm.v1.aes-sha2"}}])
-    room_id = response.room_id
+    room_id = await alice.create_encrypted_room([bot_id, bob.user_id])
     await alice.wait_for_join(room_id, bot_id)
     await alice.wait_for_join(room_id, bob.user_id)
     welcome = await alice.wait_for_message(room_id, sender=bot_id)

@@ -92,11 +92,7 @@ async def test_group_room_gets_no_details_and_others_are_refused(
     bot = await start_bot()
     bot_id = bot.config.matrix.user_id
     alice, bob = await make_peer(make_user("alice")), await make_peer(make_user("bob"))
-    response = await alice.client.room_create(
-        name="community", invite=[bot_id, bob.user_id],
-        initial_state=[{"type": "m.room.encryption", "state_key": "",
-                        "content": {"algorithm": "m.megolm.v1.aes-sha2"}}])
-    group = response.room_id
+    group = await alice.create_encrypted_room([bot_id, bob.user_id])
     await alice.wait_for_join(group, bot_id)
     await alice.wait_for_message(group, sender=bot_id)  # welcome
     public = await alice.ask(group, "!backup-status", bot_id, timeout=60)
@@ -172,9 +168,10 @@ def adopt_peer(synapse: Any, user: Any, peer: Any) -> Any:
                         devices={peer.device_id: device})
 
 
-async def test_one_signed_and_one_unsigned_session(
-    start_bot: Any, make_user: Any, make_peer: Any, synapse: Any
-) -> None:
+async def cross_signed_user_with_second_device(
+    start_bot: Any, make_user: Any, make_peer: Any, synapse: Any, name: str
+) -> tuple[NerbotApp, Any, str, Any, Any, Any]:
+    """A user whose peer session is cross-signed, plus an unsigned second session ``name``."""
     from nerbot.localdev.accounts import AccountBuilder
 
     bot = await start_bot()
@@ -185,7 +182,15 @@ async def test_one_signed_and_one_unsigned_session(
     builder, account = AccountBuilder(synapse), adopt_peer(synapse, user, peer)
     await asyncio.to_thread(builder.set_up_cross_signing, account)
     await asyncio.to_thread(builder.sign_device, account, peer.device_id)
-    extra = await asyncio.to_thread(builder.add_device, account, "old laptop")
+    extra = await asyncio.to_thread(builder.add_device, account, name)
+    return bot, peer, room_id, builder, account, extra
+
+
+async def test_one_signed_and_one_unsigned_session(
+    start_bot: Any, make_user: Any, make_peer: Any, synapse: Any
+) -> None:
+    bot, peer, room_id, _, _, extra = await cross_signed_user_with_second_device(
+        start_bot, make_user, make_peer, synapse, "old laptop")
     text = await status(peer, bot, room_id)
     assert "Cross-signing identity: set up" in text
     lines = {line.split("`")[1]: line for line in text.splitlines() if line.count("`") >= 2
@@ -199,25 +204,16 @@ async def test_one_signed_and_one_unsigned_session(
 async def test_forged_signature_does_not_count_as_cross_signed(
     start_bot: Any, make_user: Any, make_peer: Any, synapse: Any
 ) -> None:
-    from nerbot.localdev.accounts import AccountBuilder
-
-    bot = await start_bot()
-    user = make_user()
-    peer = await make_peer(user)
-    room_id = await open_dm(peer, bot)
-    await peer.ask(room_id, "!lang en", bot.config.matrix.user_id)
-    builder, account = AccountBuilder(synapse), adopt_peer(synapse, user, peer)
-    await asyncio.to_thread(builder.set_up_cross_signing, account)
-    await asyncio.to_thread(builder.sign_device, account, peer.device_id)
-    victim = await asyncio.to_thread(builder.add_device, account, "forged")
+    bot, peer, room_id, builder, account, victim = await cross_signed_user_with_second_device(
+        start_bot, make_user, make_peer, synapse, "forged")
+    user_id = account.user_id
     await asyncio.to_thread(builder.forge_device_signature, account, victim.device_id)
     # the server really serves a signature under the self-signing key's ID for that device
     served = synapse.request("POST", "/_matrix/client/v3/keys/query",
-                             {"device_keys": {user.user_id: []}},
+                             {"device_keys": {user_id: []}},
                              token=peer.client.access_token)
-    ssk_id = next(iter(served["self_signing_keys"][user.user_id]["keys"]))
-    assert ssk_id in served["device_keys"][user.user_id][victim.device_id]["signatures"][
-        user.user_id]
+    ssk_id = next(iter(served["self_signing_keys"][user_id]["keys"]))
+    assert ssk_id in served["device_keys"][user_id][victim.device_id]["signatures"][user_id]
     text = await status(peer, bot, room_id)
     victim_line = next(line for line in text.splitlines() if f"`{victim.device_id}`" in line)
     assert victim_line.endswith("— **not verified**")
