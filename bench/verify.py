@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import logging
+import pstats
 import secrets
 import statistics
 import sys
@@ -87,13 +89,17 @@ async def floor(a: Person, b: Person, transport: str) -> float:
     return time.perf_counter() - started
 
 
-async def measure(runs: list[Callable[[], Awaitable[float]]], parallel: bool
-                  ) -> tuple[list[float], float]:
+async def measure(runs: list[Callable[[], Awaitable[float]]], parallel: bool,
+                  profile: cProfile.Profile | None = None) -> tuple[list[float], float]:
     cpu = time.process_time()
+    if profile is not None:
+        profile.enable()
     if parallel:
         walls = list(await asyncio.gather(*(run() for run in runs)))
     else:
         walls = [await run() for run in runs]
+    if profile is not None:
+        profile.disable()
     return walls, time.process_time() - cpu
 
 
@@ -154,7 +160,11 @@ async def main(args: argparse.Namespace) -> int:
                     bot_runs = [bot_run(people[0]) for _ in range(args.repeats)]
                     floor_runs = [floor_run(people[0], partners[0])
                                   for _ in range(args.repeats)]
-                bot_walls, bot_cpu = await measure(bot_runs, parallel)
+                profile = cProfile.Profile() if args.profile and not parallel else None
+                bot_walls, bot_cpu = await measure(bot_runs, parallel, profile)
+                if profile is not None:
+                    pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative") \
+                        .print_stats(40)
                 floor_walls, _ = await measure(floor_runs, parallel)
                 rows.append((transport, "parallel" if parallel else "sequential",
                              statistics.median(bot_walls), statistics.median(floor_walls),
@@ -181,4 +191,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parallel", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile the sequential bot runs (to stderr)")
     raise SystemExit(asyncio.run(main(parser.parse_args())))
