@@ -14,20 +14,9 @@ import pytest
 import signedjson.key
 import signedjson.sign
 import unpaddedbase64
-
-from nerbot.app import NerbotApp
+from botdm import open_dm
 
 pytestmark = pytest.mark.asyncio
-
-
-async def open_dm(peer: Any, bot: NerbotApp) -> str:
-    """The peer opens an encrypted DM with the bot and reads its welcome."""
-    bot_id = bot.config.matrix.user_id
-    room_id = await peer.create_encrypted_dm(bot_id)
-    await peer.wait_for_join(room_id, bot_id)
-    welcome = await peer.wait_for_message(room_id, sender=bot_id)
-    assert "nerbot" in welcome.body
-    return str(room_id)
 
 
 def http_json(url: str, token: str, method: str = "GET", body: Any = None) -> Any:

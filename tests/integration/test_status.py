@@ -5,15 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from botdm import open_dm
+
 from nerbot.app import NerbotApp
-
-
-async def open_dm(peer: Any, bot: NerbotApp) -> str:
-    bot_id = bot.config.matrix.user_id
-    room_id = await peer.create_encrypted_dm(bot_id)
-    await peer.wait_for_join(room_id, bot_id)
-    await peer.wait_for_message(room_id, sender=bot_id)  # welcome
-    return str(room_id)
 
 
 async def status(peer: Any, bot: NerbotApp, room_id: str, args: str = "") -> str:
