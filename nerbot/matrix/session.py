@@ -24,6 +24,7 @@ from cryptography.fernet import InvalidToken
 from nerbot.config import Config
 from nerbot.errors import NerbotError
 from nerbot.ids import DeviceId
+from nerbot.matrix.storefix import bind_store_once
 from nerbot.store import Store
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ async def open_session(config: Config, store: Store) -> MatrixSession:
     client = api.async_client
     if client.olm is None:
         raise NerbotError("end-to-end encryption is not available in this nio installation")
+    bind_store_once(client.store)
     os.chmod(config.session_path, 0o600)
     store.set_meta(DEVICE_ID_META, str(client.device_id))
     logger.info("Logged in as %s on device %s (%s)", client.user_id, client.device_id,
