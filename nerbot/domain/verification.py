@@ -346,10 +346,6 @@ class VerificationFlow:
             return []
         return self._cancel(code)
 
-    def reject_sas(self) -> list[Action]:
-        """Our side says the emoji differ (not used by the bot, which cannot look)."""
-        return self._cancel("m.mismatched_sas")
-
     def _cancel_from_sas(self) -> list[Action]:
         assert self.sas is not None
         return self._cancel(self.sas.cancel_code or UNEXPECTED_MESSAGE)

@@ -60,9 +60,6 @@ class Catalog:
             template = self.messages[self.default][key]
         return template.format_map(params)
 
-    def has(self, key: str) -> bool:
-        return all(key in self.messages[lang] for lang in LANGUAGES)
-
     def problems(self) -> list[str]:
         """Keys missing in a language or with mismatched placeholders (checked by tests)."""
         found: list[str] = []

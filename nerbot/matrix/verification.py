@@ -31,7 +31,6 @@ from nerbot.store import Store
 logger = logging.getLogger(__name__)
 
 Transport = Literal["to_device", "in_room"]
-REQUEST_MSGTYPE = v.REQUEST
 EVENT_TYPES = {v.READY, v.START, v.ACCEPT, v.KEY, v.MAC, v.DONE, v.CANCEL}
 TICK_SECONDS = 5.0
 
@@ -124,7 +123,7 @@ class VerificationService:
         if not isinstance(content, dict):
             return
         if isinstance(event, nio.RoomMessageUnknown):
-            if content.get("msgtype") != REQUEST_MSGTYPE or content.get("to") != self.user_id:
+            if content.get("msgtype") != v.REQUEST or content.get("to") != self.user_id:
                 return
             txn, event_type = str(event.event_id), v.REQUEST
         else:
@@ -308,7 +307,7 @@ class VerificationService:
         self._check_can_start(user_id)
         now = self.clock.now_ms()
         # In-room requests carry no timestamp: the event's own timestamp serves.
-        content = {"msgtype": REQUEST_MSGTYPE, "body": body, "to": user_id,
+        content = {"msgtype": v.REQUEST, "body": body, "to": user_id,
                    "from_device": self.device_id, "methods": [v.SAS_V1]}
         event_id = str(await self.send_room(room_id, "m.room.message", content))
         active = self._new("in_room", event_id, user_id, None, "outgoing", room_id, now)
