@@ -9,14 +9,19 @@ verification, the ratio bot/floor (target <= 1.5) and the bot's CPU time per ver
 event loop, so driving the peers is not counted. Everything runs on 127.0.0.1 and is stopped at
 the end.
 
-    uv run python bench/verify.py [--parallel 10] [--repeats 5]
+    uv run python bench/verify.py [--parallel 10] [--repeats 5] [--profile]
+
+``--profile`` prints a cProfile of the bot's thread (start-up included) to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import io
 import logging
+import pstats
 import secrets
 import statistics
 import sys
@@ -95,10 +100,13 @@ class BotThread:
     """The bot on its own event loop in its own thread, so its CPU time is measured alone
     (``time.thread_time`` in that thread), apart from this script driving the js peers."""
 
-    def __init__(self, app: NerbotApp) -> None:
+    def __init__(self, app: NerbotApp, profiler: cProfile.Profile | None = None) -> None:
         self.app = app
+        self.profiler = profiler
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="bot", daemon=True)
+        run = self.loop.run_forever
+        target = (lambda: profiler.runcall(run)) if profiler is not None else run
+        self.thread = threading.Thread(target=target, name="bot", daemon=True)
         self.thread.start()
 
     async def call(self, coro: Awaitable[T]) -> T:
@@ -145,7 +153,8 @@ async def main(args: argparse.Namespace) -> int:
              "verification": {"max_per_hour": 100, "max_cancels_per_hour": 100}},
             {"NERBOT_PASSWORD": password}, workdir)
         app = NerbotApp(config)
-        bot = BotThread(app)
+        profiler = cProfile.Profile() if args.profile else None
+        bot = BotThread(app, profiler)
         await bot.call(app.start())
         assert app.session is not None
         bot_device = app.session.device_id
@@ -207,6 +216,12 @@ async def main(args: argparse.Namespace) -> int:
         await asyncio.gather(*(p.peer.close() for p in people), return_exceptions=True)
         if bot is not None:
             await bot.stop()
+            if bot.profiler is not None:  # the whole bot thread, set-up included
+                text = io.StringIO()
+                stats = pstats.Stats(bot.profiler, stream=text)
+                stats.sort_stats("cumulative").print_stats(50)
+                stats.sort_stats("tottime").print_stats(35)
+                sys.stderr.write(text.getvalue())
         await asyncio.to_thread(synapse.stop)
 
 
@@ -214,4 +229,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parallel", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile", action="store_true")
     raise SystemExit(asyncio.run(main(parser.parse_args())))

@@ -24,7 +24,11 @@ from cryptography.fernet import InvalidToken
 from nerbot.config import Config
 from nerbot.errors import NerbotError
 from nerbot.ids import DeviceId
-from nerbot.matrix.storefix import bind_store_once
+from nerbot.matrix.storefix import (
+    bind_store_once,
+    memoize_store_lookups,
+    use_write_ahead_log,
+)
 from nerbot.store import Store
 
 logger = logging.getLogger(__name__)
@@ -125,6 +129,8 @@ async def open_session(config: Config, store: Store) -> MatrixSession:
     if client.olm is None:
         raise NerbotError("end-to-end encryption is not available in this nio installation")
     bind_store_once(client.store)
+    use_write_ahead_log(client.store)
+    memoize_store_lookups(client.store)
     os.chmod(config.session_path, 0o600)
     store.set_meta(DEVICE_ID_META, str(client.device_id))
     logger.info("Logged in as %s on device %s (%s)", client.user_id, client.device_id,

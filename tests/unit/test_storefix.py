@@ -8,7 +8,7 @@ from pathlib import Path
 from nio.crypto import OlmAccount
 from nio.store import DefaultStore
 
-from nerbot.matrix.storefix import bind_store_once
+from nerbot.matrix.storefix import bind_store_once, memoize_store_lookups, use_write_ahead_log
 
 
 def stores(tmp_path: Path) -> tuple[DefaultStore, DefaultStore]:
@@ -43,3 +43,51 @@ def test_models_bound_elsewhere_fall_back_to_a_real_bind(tmp_path: Path) -> None
     ours.save_sync_token("mine")
     assert ours.load_sync_token() == "mine"
     assert other.load_sync_token() != "mine"
+
+
+def test_account_row_is_read_once_and_known_rooms_are_not_saved_again(tmp_path: Path) -> None:
+    ours, _ = stores(tmp_path)
+    reads: list[int] = []
+    saves: list[set[str]] = []
+    real_get, real_save = ours._get_account, ours.save_encrypted_rooms
+
+    def counting_get() -> object:
+        reads.append(1)
+        return real_get()
+
+    def counting_save(rooms: set[str]) -> None:
+        saves.append(set(rooms))
+        real_save(rooms)
+
+    ours._get_account, ours.save_encrypted_rooms = counting_get, counting_save
+    assert memoize_store_lookups(ours)
+    for token in ("s1", "s2", "s3"):
+        ours.save_sync_token(token)
+    assert len(reads) == 1 and ours.load_sync_token() == "s3"
+    ours.save_encrypted_rooms({"!a:hs", "!b:hs"})
+    ours.save_encrypted_rooms({"!a:hs"})
+    ours.save_encrypted_rooms(set())
+    ours.save_encrypted_rooms({"!b:hs", "!c:hs"})
+    assert saves == [{"!a:hs", "!b:hs"}, {"!c:hs"}]
+    assert ours.load_encrypted_rooms() == {"!a:hs", "!b:hs", "!c:hs"}
+
+
+def test_missing_account_is_not_remembered(tmp_path: Path) -> None:
+    (tmp_path / "fresh").mkdir()
+    store = DefaultStore("@c:hs", "C", str(tmp_path / "fresh"))
+    memoize_store_lookups(store)
+    assert store._get_account() is None
+    store.save_account(OlmAccount())
+    assert store._get_account() is not None
+
+
+def test_write_ahead_log_is_on_and_survives_reconnects(tmp_path: Path) -> None:
+    ours, _ = stores(tmp_path)
+    assert use_write_ahead_log(ours)
+    assert ours.database.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert ours.database.execute_sql("PRAGMA synchronous").fetchone()[0] == 1
+    ours.database.close()
+    ours.database.connect()
+    assert ours.database.execute_sql("PRAGMA synchronous").fetchone()[0] == 1
+    ours.save_sync_token("after")
+    assert ours.load_sync_token() == "after"
