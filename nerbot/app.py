@@ -9,11 +9,13 @@ from typing import Any, TypeVar
 
 from nerbot.clock import SystemClock
 from nerbot.commands.basic import basic_commands
+from nerbot.commands.guide import GuideConversation, guide_commands
 from nerbot.commands.registry import CommandRegistry, CommandRouter, IncomingText
 from nerbot.commands.status import status_commands
 from nerbot.commands.verify import VerificationConversation, verify_commands
 from nerbot.config import Config
 from nerbot.domain.assessment import AssessmentPolicy
+from nerbot.domain.guide import GuideLibrary
 from nerbot.domain.verification import VerificationLimits
 from nerbot.hygiene import HygieneService
 from nerbot.i18n import Catalog
@@ -60,6 +62,7 @@ class NerbotApp:
         self.hygiene: HygieneService | None = None
         self.directory: KeyDirectory | None = None
         self.verifier: VerificationService | None = None
+        self.guides: GuideConversation | None = None
         self.syncer: SyncLoop | None = None
         self._stopped = asyncio.Event()
 
@@ -100,10 +103,15 @@ class NerbotApp:
         )
         registry.extend(status_commands(hygiene, config.is_admin,
                                         lambda user: user_exists(http, user)))
-        verifier = self.verifier = self._build_verifier(client, http, store, transport)
+        guides = self.guides = GuideConversation(GuideLibrary.load(), store, hygiene, transport,
+                                                 self.catalog, self.clock.now_ms)
+        verifier = self.verifier = self._build_verifier(client, http, store, transport,
+                                                        on_verified=guides.on_verified)
         registry.extend(verify_commands(verifier, transport.ensure_dm))
+        registry.extend(guide_commands(guides))
         self.router = CommandRouter(
-            registry, self.catalog, transport, store.get_language, config.is_admin
+            registry, self.catalog, transport, store.get_language, config.is_admin,
+            interpret=guides.interpret,
         )
         events = self.events = EventRouter(
             client,
@@ -157,7 +165,9 @@ class NerbotApp:
         return HygieneService(self.directory, admin, policy, self.clock)
 
     def _build_verifier(self, client: Any, http: MatrixHttp, store: Store,
-                        transport: MatrixTransport) -> VerificationService:
+                        transport: MatrixTransport,
+                        on_verified: Callable[[UserId], Awaitable[None]]
+                        ) -> VerificationService:
         config = self.config
         keys = CrossSigningKeys.load(config.cross_signing_keys_path)
         verifier = VerificationService(
@@ -168,8 +178,10 @@ class NerbotApp:
                                       config.verification.max_cancels_per_hour),
             send_room=lambda room, kind, content: transport.send_content(room, content, kind),
         )
-        verifier.ui = VerificationConversation(transport, self.catalog, load_sas_emoji(),
-                                               store.get_language)
+        conversation = VerificationConversation(transport, self.catalog, load_sas_emoji(),
+                                                store.get_language)
+        conversation.on_verified.append(on_verified)
+        verifier.ui = conversation
         return verifier
 
     def _shares_room(self, user_id: str) -> bool:

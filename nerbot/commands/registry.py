@@ -124,8 +124,10 @@ class CommandRouter:
         messenger: Messenger,
         language_of: Callable[[UserId], str | None],
         is_admin: Callable[[UserId], bool],
+        interpret: Callable[[IncomingText], str | None] | None = None,
     ) -> None:
         self.registry = registry
+        self.interpret = interpret  # plain text that stands for a command ("好了" → "!next")
         self.catalog = catalog
         self.messenger = messenger
         self.language_of = language_of
@@ -134,6 +136,9 @@ class CommandRouter:
     async def handle(self, message: IncomingText) -> bool:
         """Act on one message; True if it was a command (known or not)."""
         parsed = parse_command(message.body)
+        if parsed is None and self.interpret is not None:
+            meant = self.interpret(message)
+            parsed = parse_command(meant) if meant else None
         if parsed is None:
             return False
         language = self.catalog.language(self.language_of(message.sender))

@@ -69,6 +69,10 @@ def render_report(catalog: Catalog, lang: str, report: UserReport, about_self: b
         first = report.findings[0]
         what = t(lang, f"finding.{first.kind.value}", devices=", ".join(first.device_ids))
         lines.append(t(lang, "status.next_step", what=what, guide=first.guide))
+        later = list(dict.fromkeys(f.guide for f in report.findings if f.guide != first.guide))
+        if later:
+            lines.append(t(lang, "status.then_guides",
+                           guides=", ".join(f"`!guide {g}`" for g in later)))
     else:
         lines.append(t(lang, "status.all_good", mark=MARK["party"]))
     return "\n".join(lines)

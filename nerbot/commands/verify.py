@@ -35,6 +35,8 @@ class VerificationConversation:
         self.catalog = catalog
         self.table = table
         self.language_of = language_of
+        # Called after a successful verification (the practice walkthrough moves on).
+        self.on_verified: list[Callable[[UserId], Awaitable[None]]] = []
 
     def _t(self, user_id: UserId, key: str, **params: object) -> str:
         return self.catalog.t(self.catalog.language(self.language_of(user_id)), key, **params)
@@ -56,6 +58,11 @@ class VerificationConversation:
         key = "verify.verified_identity" if identity else "verify.verified_device"
         await self.messenger.send_dm(user_id, self._t(user_id, key, mark=mark,
                                                       device_id=device_id))
+        for listener in self.on_verified:
+            try:
+                await listener(user_id)
+            except Exception:  # a listener's failure must not undo the verification message
+                logger.exception("on_verified listener failed for %s", user_id)
 
     async def cancelled(self, user_id: UserId, code: str, by_us: bool) -> None:
         if code == "m.user":

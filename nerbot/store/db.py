@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from sqlite_utils import Database
 from sqlite_utils.db import NotFoundError, Table
 
+from nerbot.domain.guide import GuideProgress
 from nerbot.ids import RoomId, UserId
 from nerbot.store.migrations import MIGRATION_SET, build_migrations
 
@@ -111,6 +113,58 @@ class Store:
         record = self.get_user(user_id)
         return record.language if record else None
 
+    def set_platform(self, user_id: UserId, platform: str, now_ms: int) -> None:
+        self.touch_user(user_id, now_ms)
+        with self.db.atomic():
+            self._table("users").update(user_id, {"platform": platform, "updated_ms": now_ms})
+
+    def get_platform(self, user_id: UserId) -> str | None:
+        try:
+            return self._table("users").get(user_id).get("platform")
+        except NotFoundError:
+            return None
+
+    # -- walkthroughs -----------------------------------------------------------------------
+
+    def get_guide_progress(self, user_id: UserId) -> GuideProgress | None:
+        try:
+            row = self._table("guide_progress").get(user_id)
+        except NotFoundError:
+            return None
+        return GuideProgress(
+            guide=row["guide"], step=int(row["step"]), started_ms=int(row["started_ms"]),
+            updated_ms=int(row["updated_ms"]),
+            signed_at_start=frozenset(json.loads(row["signed_at_start"] or "[]")),
+            known_at_start=frozenset(json.loads(row["known_at_start"] or "[]")),
+        )
+
+    def save_guide_progress(self, user_id: UserId, progress: GuideProgress) -> None:
+        with self.db.atomic():
+            self._table("guide_progress").upsert(
+                {"user_id": user_id, "guide": progress.guide, "step": progress.step,
+                 "started_ms": progress.started_ms, "updated_ms": progress.updated_ms,
+                 "signed_at_start": json.dumps(sorted(progress.signed_at_start)),
+                 "known_at_start": json.dumps(sorted(progress.known_at_start))},
+                pk="user_id",
+            )
+
+    def end_guide(self, user_id: UserId, result: str, now_ms: int) -> GuideProgress | None:
+        """Clear the active guide and record how it ended ("finished", "stopped", "replaced")."""
+        progress = self.get_guide_progress(user_id)
+        if progress is None:
+            return None
+        with self.db.atomic():
+            self._table("guide_runs").insert(
+                {"user_id": user_id, "guide": progress.guide, "started_ms": progress.started_ms,
+                 "ended_ms": now_ms, "result": result})
+            self.db.execute("DELETE FROM guide_progress WHERE user_id = ?", [user_id])
+        return progress
+
+    def guide_runs(self, user_id: UserId | None = None) -> list[dict[str, object]]:
+        where, args = ("user_id = ?", [user_id]) if user_id else (None, None)
+        return [dict(r) for r in self._table("guide_runs").rows_where(where, args,
+                                                                      order_by="ended_ms")]
+
     # -- direct messages --------------------------------------------------------------------
 
     def get_dm_room(self, user_id: UserId) -> RoomId | None:
@@ -180,6 +234,13 @@ class Store:
         rows = self._table("verifications").rows_where(where, args, order_by="started_ms")
         return [dict(r) | {"duration_ms": (r["ended_ms"] - r["started_ms"])
                            if r["ended_ms"] else None} for r in rows]
+
+    def verified_since(self, user_id: UserId, since_ms: int) -> bool:
+        """Has a verification with this user succeeded since then (the practice guide asks)?"""
+        row = self.db.execute(
+            "SELECT 1 FROM verifications WHERE user_id = ? AND result = 'verified' "
+            "AND ended_ms >= ? LIMIT 1", [user_id, since_ms]).fetchone()
+        return row is not None
 
     def verification_attempts_since(self, user_id: UserId, since_ms: int) -> list[str]:
         """Results of the user's verifications started since then (for rate limits)."""

@@ -39,4 +39,18 @@ def build_migrations() -> Migrations:
         )
         db.table("verifications").create_index(["user_id", "started_ms"])
 
+    @migrations(name="0003_guides")
+    def guides(db: Database) -> None:
+        db.table("users").add_column("platform", str)
+        # One active walkthrough per user; the session baseline is JSON (lists of device IDs).
+        db.table("guide_progress").create(
+            {"user_id": str, "guide": str, "step": int, "started_ms": int, "updated_ms": int,
+             "signed_at_start": str, "known_at_start": str},
+            pk="user_id",
+        )
+        db.table("guide_runs").create(
+            {"user_id": str, "guide": str, "started_ms": int, "ended_ms": int, "result": str},
+        )
+        db.table("guide_runs").create_index(["user_id", "ended_ms"])
+
     return migrations

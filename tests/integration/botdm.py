@@ -15,3 +15,18 @@ async def open_dm(peer: Any, bot: NerbotApp) -> str:
     welcome = await peer.wait_for_message(room_id, sender=bot_id)
     assert "nerbot" in welcome.body
     return str(room_id)
+
+
+def adopt_peer(synapse: Any, user: Any, peer: Any) -> Any:
+    """The builder's view of an account whose first device is a real E2EE peer."""
+    from nerbot.localdev.accounts import BuiltAccount, BuiltDevice
+    from nerbot.matrix.crosssigning import SigningKey
+
+    keys = synapse.request("POST", "/_matrix/client/v3/keys/query",
+                           {"device_keys": {user.user_id: []}}, token=peer.client.access_token)
+    device_keys = keys["device_keys"][user.user_id][peer.device_id]
+    device_keys.pop("unsigned", None)
+    device = BuiltDevice(peer.device_id, peer.client.access_token, SigningKey.generate(), True,
+                         device_keys)
+    return BuiltAccount(user.user_id, user.localpart, user.password,
+                        devices={peer.device_id: device})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from botdm import open_dm
+from botdm import adopt_peer, open_dm
 
 from nerbot.app import NerbotApp
 
@@ -145,21 +145,6 @@ async def test_cache_is_invalidated_when_a_new_device_appears(
     assert {s.device.device_id for s in report.sessions} == {peer.device_id, second.device_id}
     assert bot.directory.stats.users_fetched == fetched + 1
 
-
-
-def adopt_peer(synapse: Any, user: Any, peer: Any) -> Any:
-    """The builder's view of an account whose first device is a real E2EE peer."""
-    from nerbot.localdev.accounts import BuiltAccount, BuiltDevice
-    from nerbot.matrix.crosssigning import SigningKey
-
-    keys = synapse.request("POST", "/_matrix/client/v3/keys/query",
-                           {"device_keys": {user.user_id: []}}, token=peer.client.access_token)
-    device_keys = keys["device_keys"][user.user_id][peer.device_id]
-    device_keys.pop("unsigned", None)
-    device = BuiltDevice(peer.device_id, peer.client.access_token, SigningKey.generate(), True,
-                         device_keys)
-    return BuiltAccount(user.user_id, user.localpart, user.password,
-                        devices={peer.device_id: device})
 
 
 async def cross_signed_user_with_second_device(

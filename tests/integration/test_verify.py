@@ -241,3 +241,23 @@ async def test_requests_from_users_not_allowed_are_never_accepted(
         assert bot.store is not None and bot.store.verifications() == []
     finally:
         await peer.close()
+
+
+async def test_practice_guide_hands_over_to_verification_and_moves_on(setup: Setup) -> None:
+    await setup.command("!guide practice")
+    store = setup.bot.store
+    assert store is not None
+    progress = store.get_guide_progress(UserId(setup.user_id))
+    assert progress is not None and (progress.guide, progress.step) == ("practice", 0)
+    await setup.command("!verify")
+    await setup.peer.call("accept_next", timeout=30)
+    await finish_and_check(setup)
+    for _ in range(50):  # the success moves the guide past its "verified with me" checkpoint
+        progress = store.get_guide_progress(UserId(setup.user_id))
+        if progress is not None and progress.step == 2:
+            break
+        await asyncio.sleep(0.1)
+    assert progress is not None and progress.step == 2
+    await setup.command("!next")  # the last step: the guide finishes with its summary
+    assert store.get_guide_progress(UserId(setup.user_id)) is None
+    assert [r["result"] for r in store.guide_runs(UserId(setup.user_id))] == ["finished"]

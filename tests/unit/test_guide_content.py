@@ -18,12 +18,13 @@ from typing import Any
 import emoji
 import pytest
 
+from nerbot.domain.guide import Checkpoint, GuideLibrary
 from nerbot.matrix.transport import render_notice
 
 DATA = Path(__file__).resolve().parents[2] / "nerbot" / "guides" / "data"
 GUIDES = ("backup", "new-device", "verify-sessions", "verify-user", "practice")
 LANGUAGES = ("zh", "en")
-CHECKPOINTS = {"", "cross_signing", "backup", "sessions_verified", "new_session_signed"}
+CHECKPOINTS = {"", *(c.value for c in Checkpoint)}
 TOP_KEYS = {"name", "title", "summary", "footer", "steps"}
 STEP_KEYS = {"id", "checkpoint", *LANGUAGES, "check_failed", "check_passed"}
 MAX_TEXT_CHARS = 1500
@@ -143,6 +144,15 @@ def test_checkpoints_cover_the_issue() -> None:
     practice = load("practice")
     assert 2 <= len(practice["steps"]) <= 3
     assert any("`!verify`" in t for _, t in texts(practice))
+    assert "bot_verified" in checkpoints("practice")
+
+
+def test_the_engine_loads_every_guide_from_the_package() -> None:
+    library = GuideLibrary.load()
+    assert library.names == GUIDES
+    for name in GUIDES:
+        guide = library.get(name)
+        assert guide is not None and len(guide.steps) == len(load(name)["steps"])
 
 
 def test_text_lengths(guide: dict[str, Any]) -> None:

@@ -1,0 +1,324 @@
+"""``!guide``, ``!next``, ``!back``, ``!stop``, ``!platform``: the walkthroughs, in the user's DM.
+
+The decisions (which step, did the checkpoint pass) are ``nerbot.domain.guide``'s; this module
+loads progress, asks the homeserver (a fresh assessment, never a cached one) when a step has a
+checkpoint, and says what happened. Guide content is personal (checkpoint results name the
+user's sessions), so it always goes to the encrypted DM; a group room only gets a short pointer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Protocol
+
+from nerbot.commands.registry import Command, CommandContext, IncomingText, UsageError
+from nerbot.commands.report_text import MARK
+from nerbot.domain.assessment import UserReport
+from nerbot.domain.facts import DeviceFacts
+from nerbot.domain.guide import (
+    Checkpoint,
+    CheckResult,
+    Guide,
+    GuideLibrary,
+    GuideOutcome,
+    GuideProgress,
+    Move,
+    Platform,
+    clamp,
+    evaluate_checkpoint,
+    guess_platform,
+    means_next,
+    next_step,
+    previous_step,
+    start_guide,
+    suggest_guide,
+)
+from nerbot.i18n import Catalog
+from nerbot.ids import UserId
+from nerbot.ports import Messenger
+from nerbot.store import Store
+
+logger = logging.getLogger(__name__)
+
+# What people type for ``!platform``.
+PLATFORM_WORDS: dict[str, Platform] = {
+    "web": "web", "desktop": "web", "browser": "web", "网页": "web", "电脑": "web", "桌面": "web",
+    "mobile": "mobile", "phone": "mobile", "android": "mobile", "ios": "mobile",
+    "手机": "mobile", "移动": "mobile",
+}
+
+
+class FreshAssessor(Protocol):
+    async def assess_one(self, user_id: str, fresh: bool = False) -> UserReport: ...
+
+
+class GuideConversation:
+    """One user's walkthrough at a time: start, move, check, and say it in their language."""
+
+    def __init__(self, library: GuideLibrary, store: Store, hygiene: FreshAssessor,
+                 messenger: Messenger, catalog: Catalog, now_ms: Callable[[], int]) -> None:
+        self.library = library
+        self.store = store
+        self.hygiene = hygiene
+        self.messenger = messenger
+        self.catalog = catalog
+        self.now_ms = now_ms
+
+    # -- text --------------------------------------------------------------------------------
+
+    def _lang(self, user_id: UserId) -> str:
+        return self.catalog.language(self.store.get_language(user_id))
+
+    def _t(self, user_id: UserId, key: str, **params: object) -> str:
+        return self.catalog.t(self._lang(user_id), key, **params)
+
+    def _devices(self, user_id: UserId, devices: tuple[DeviceFacts, ...]) -> str:
+        return ", ".join(self._t(user_id, "guide.device", device_id=d.device_id,
+                                 name=d.display_name or "") for d in devices)
+
+    def check_text(self, user_id: UserId, step_texts: Mapping[str, str] | None,
+                   check: CheckResult) -> str:
+        """The step's own passed/failed line, then what the server showed, concretely."""
+        lines = []
+        if step_texts:
+            lines.append(step_texts[self._lang(user_id)])
+        lines.append(self._t(user_id, f"guide.check.{check.reason.value}",
+                             devices=self._devices(user_id, check.devices)))
+        return "\n\n".join(lines)
+
+    def platform_of(self, user_id: UserId, report: UserReport | None) -> Platform:
+        chosen = PLATFORM_WORDS.get(self.store.get_platform(user_id) or "")
+        if chosen is not None:
+            return chosen
+        return guess_platform(s.device for s in report.sessions) if report else "web"
+
+    def step_text(self, user_id: UserId, guide: Guide, progress: GuideProgress,
+                  platform: Platform, before: str = "") -> str:
+        lang = self._lang(user_id)
+        step = guide.steps[progress.step]
+        parts = [self._t(user_id, "guide.step_header", title=guide.title[lang],
+                         n=progress.step + 1, total=len(guide.steps))]
+        if before:
+            parts.append(before)
+        parts.append(step.body(lang, platform))
+        if step.has_variants:
+            parts.append(self._t(user_id, f"guide.platform_shown.{platform}"))
+        parts.append(guide.footer[lang])
+        return "\n\n".join(parts)
+
+    def finished_text(self, user_id: UserId, guide: Guide, before: str,
+                      report: UserReport | None) -> str:
+        lang = self._lang(user_id)
+        parts = [before] if before else []
+        parts.append(self._t(user_id, "guide.finished", mark=MARK["party"],
+                             title=guide.title[lang]))
+        parts.append(guide.summary[lang])
+        suggestion = report.next_guide if report is not None and report.exists else None
+        if suggestion and suggestion != guide.name:
+            parts.append(self._t(user_id, "guide.then", guide=suggestion))
+        return "\n\n".join(parts)
+
+    # -- actions (each returns the text to send to the user) ---------------------------------
+
+    def active(self, user_id: UserId) -> tuple[Guide, GuideProgress] | None:
+        progress = self.store.get_guide_progress(user_id)
+        if progress is None:
+            return None
+        guide = self.library.get(progress.guide)
+        if guide is None:  # a guide removed by an update: forget it rather than fail forever
+            self.store.end_guide(user_id, "removed", self.now_ms())
+            return None
+        return guide, clamp(guide, progress)
+
+    async def list_guides(self, user_id: UserId) -> str:
+        lang = self._lang(user_id)
+        report = await self.hygiene.assess_one(user_id)
+        suggested = suggest_guide(report)
+        lines = [self._t(user_id, "guide.list_header"), ""]
+        for name in self.library.names:
+            guide = self.library.guides[name]
+            key = "guide.list_line_suggested" if name == suggested else "guide.list_line"
+            lines.append(self._t(user_id, key, name=name, title=guide.title[lang]))
+        lines.append("")
+        current = self.active(user_id)
+        if current is not None:
+            guide, progress = current
+            lines.append(self._t(user_id, "guide.list_active", name=guide.name,
+                                 n=progress.step + 1, total=len(guide.steps)))
+        lines.append(self._t(user_id, "guide.list_footer", name=suggested))
+        return "\n".join(lines)
+
+    async def begin(self, user_id: UserId, name: str) -> str:
+        guide = self.library.get(name)
+        if guide is None:
+            close = self.library.close_match(name)
+            hint = self._t(user_id, "guide.did_you_mean", name=close) if close else ""
+            return self._t(user_id, "guide.unknown", name=name, hint=hint,
+                           names=", ".join(f"`{n}`" for n in self.library.names))
+        now = self.now_ms()
+        current = self.active(user_id)
+        report = await self.hygiene.assess_one(user_id, fresh=True)
+        platform = self.platform_of(user_id, report)
+        if current is not None and current[0].name == guide.name:
+            return self.step_text(user_id, guide, current[1], platform,
+                                  before=self._t(user_id, "guide.resumed"))
+        before = ""
+        if current is not None:
+            self.store.end_guide(user_id, "replaced", now)
+            lang = self._lang(user_id)
+            before = self._t(user_id, "guide.replaced", title=current[0].title[lang])
+        progress = start_guide(guide, report, now)
+        self.store.save_guide_progress(user_id, progress)
+        logger.info("Guide %s started by %s", guide.name, user_id)
+        return self.step_text(user_id, guide, progress, platform, before=before)
+
+    async def check(self, user_id: UserId, guide: Guide, progress: GuideProgress
+                    ) -> tuple[CheckResult | None, UserReport | None]:
+        checkpoint = guide.steps[progress.step].checkpoint
+        if checkpoint is None:
+            return None, None
+        report = await self.hygiene.assess_one(user_id, fresh=True)  # the step just happened
+        verified = (checkpoint is Checkpoint.BOT_VERIFIED
+                    and self.store.verified_since(user_id, progress.started_ms))
+        return evaluate_checkpoint(checkpoint, report, progress, verified), report
+
+    async def next(self, user_id: UserId) -> str:
+        current = self.active(user_id)
+        if current is None:
+            return self._t(user_id, "guide.none_active")
+        guide, progress = current
+        check, report = await self.check(user_id, guide, progress)
+        return await self._apply(user_id, guide, progress,
+                                 next_step(guide, progress, check, self.now_ms()), report)
+
+    async def _apply(self, user_id: UserId, guide: Guide, progress: GuideProgress,
+                     outcome: GuideOutcome, report: UserReport | None) -> str:
+        step = guide.steps[progress.step]
+        before = ""
+        if outcome.check is not None:
+            texts = step.check_passed if outcome.check.passed else step.check_failed
+            before = self.check_text(user_id, texts, outcome.check)
+        if outcome.move is Move.STAYED:
+            return "\n\n".join([before, self._t(user_id, "guide.stayed")])
+        if outcome.move is Move.FINISHED:
+            self.store.end_guide(user_id, "finished", self.now_ms())
+            logger.info("Guide %s finished by %s", guide.name, user_id)
+            if report is None:
+                report = await self.hygiene.assess_one(user_id, fresh=True)
+            return self.finished_text(user_id, guide, before, report)
+        assert outcome.progress is not None
+        self.store.save_guide_progress(user_id, outcome.progress)
+        if report is None and guide.steps[outcome.progress.step].has_variants \
+                and self.store.get_platform(user_id) is None:
+            report = await self.hygiene.assess_one(user_id)
+        return self.step_text(user_id, guide, outcome.progress,
+                              self.platform_of(user_id, report), before=before)
+
+    async def back(self, user_id: UserId) -> str:
+        current = self.active(user_id)
+        if current is None:
+            return self._t(user_id, "guide.none_active")
+        guide, progress = current
+        outcome = previous_step(progress, self.now_ms())
+        assert outcome.progress is not None
+        if outcome.move is Move.BACK:
+            self.store.save_guide_progress(user_id, outcome.progress)
+        report = None if self.store.get_platform(user_id) else \
+            await self.hygiene.assess_one(user_id)
+        before = self._t(user_id, "guide.at_start") if outcome.move is Move.AT_START else ""
+        return self.step_text(user_id, guide, outcome.progress,
+                              self.platform_of(user_id, report), before=before)
+
+    def stop(self, user_id: UserId) -> str:
+        ended = self.store.end_guide(user_id, "stopped", self.now_ms())
+        if ended is None:
+            return self._t(user_id, "guide.none_active")
+        guide = self.library.get(ended.guide)
+        title = guide.title[self._lang(user_id)] if guide else ended.guide
+        return self._t(user_id, "guide.stopped", title=title, name=ended.guide)
+
+    async def set_platform(self, user_id: UserId, platform: Platform) -> str:
+        self.store.set_platform(user_id, platform, self.now_ms())
+        text = self._t(user_id, f"guide.platform_set.{platform}")
+        current = self.active(user_id)
+        if current is not None and current[0].steps[current[1].step].has_variants:
+            return self.step_text(user_id, current[0], current[1], platform, before=text)
+        return text
+
+    async def on_verified(self, user_id: UserId) -> None:
+        """A verification with the bot succeeded: the practice guide moves on by itself."""
+        current = self.active(user_id)
+        if current is None:
+            return
+        guide, progress = current
+        target = next((i for i, s in enumerate(guide.steps)
+                       if s.checkpoint is Checkpoint.BOT_VERIFIED), None)
+        if target is None or progress.step > target:
+            return
+        progress = replace(progress, step=target)
+        check, report = await self.check(user_id, guide, progress)
+        if check is None or not check.passed:
+            return
+        text = await self._apply(user_id, guide, progress,
+                                 next_step(guide, progress, check, self.now_ms()), report)
+        await self.messenger.send_dm(user_id, text)
+
+    def interpret(self, message: IncomingText) -> str | None:
+        """A plain "done"/"好了" in the DM while a guide is active means ``!next``."""
+        if message.is_dm and means_next(message.body) \
+                and self.store.get_guide_progress(message.sender) is not None:
+            return "!next"
+        return None
+
+
+def guide_commands(conversation: GuideConversation) -> list[Command]:
+    async def deliver(ctx: CommandContext, text: str) -> None:
+        if ctx.is_dm:
+            await ctx.messenger.send_notice(ctx.room_id, text)
+        else:  # walkthroughs are personal: continue in the encrypted DM
+            await ctx.messenger.send_dm(ctx.sender, text)
+            await ctx.reply("guide.continued_in_dm", user=ctx.sender)
+
+    async def guide(ctx: CommandContext) -> None:
+        if len(ctx.args) > 1:
+            raise UsageError
+        if ctx.args:
+            await deliver(ctx, await conversation.begin(ctx.sender, ctx.args[0]))
+        else:
+            await deliver(ctx, await conversation.list_guides(ctx.sender))
+
+    async def next_(ctx: CommandContext) -> None:
+        if ctx.args:
+            raise UsageError
+        await deliver(ctx, await conversation.next(ctx.sender))
+
+    async def back(ctx: CommandContext) -> None:
+        if ctx.args:
+            raise UsageError
+        await deliver(ctx, await conversation.back(ctx.sender))
+
+    async def stop(ctx: CommandContext) -> None:
+        if ctx.args:
+            raise UsageError
+        await deliver(ctx, conversation.stop(ctx.sender))
+
+    async def platform(ctx: CommandContext) -> None:
+        if not ctx.args:
+            report = await conversation.hygiene.assess_one(ctx.sender)
+            current = conversation.platform_of(ctx.sender, report)
+            await ctx.reply(f"guide.platform_current.{current}")
+            return
+        choice = PLATFORM_WORDS.get(ctx.args[0].lower())
+        if len(ctx.args) != 1 or choice is None:
+            raise UsageError
+        await deliver(ctx, await conversation.set_platform(ctx.sender, choice))
+
+    return [
+        Command("guide", guide, aliases=("guides", "引导", "指南")),
+        Command("next", next_, aliases=("下一步",)),
+        Command("back", back, aliases=("上一步",)),
+        Command("stop", stop, aliases=("退出",)),
+        Command("platform", platform, aliases=("平台",)),
+    ]

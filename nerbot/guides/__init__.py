@@ -1,0 +1,1 @@
+"""Walkthrough guides shipped as data (``data/*.toml``); loaded by ``nerbot.domain.guide``."""

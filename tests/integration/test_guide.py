@@ -1,0 +1,157 @@
+"""Walkthroughs end to end: real Synapse, the real bot, a real E2EE client doing each step."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from botdm import adopt_peer, open_dm
+
+from nerbot.app import NerbotApp
+from nerbot.localdev.accounts import AccountBuilder
+
+
+async def say(peer: Any, bot: NerbotApp, room_id: str, text: str) -> str:
+    return str(await peer.ask(room_id, text, bot.config.matrix.user_id, timeout=60))
+
+
+async def test_backup_guide_checks_the_server_and_survives_a_restart(
+    start_bot: Any, make_user: Any, make_peer: Any, synapse: Any, tmp_path: Any
+) -> None:
+    data_dir = tmp_path / "bot"
+    bot = await start_bot(data_dir=data_dir)
+    user = make_user()
+    peer = await make_peer(user)
+    room_id = await open_dm(peer, bot)
+    await say(peer, bot, room_id, "!lang en")
+
+    listing = await say(peer, bot, room_id, "!guide")
+    assert "`!guide backup` — Set up secure backup ⭐ **recommended for you**" in listing
+    assert "`!guide practice`" in listing
+
+    first = await say(peer, bot, room_id, "!guide backup")
+    assert first.startswith("**Set up secure backup** · step 1 of 6")
+    assert "login password is not your encryption key" in first
+    for n in (2, 3, 4, 5):
+        assert f"· step {n} of 6" in await say(peer, bot, room_id, "!next")
+
+    # Step 5 has a checkpoint: nothing was done, so the bot stays and says what is missing.
+    stayed = await say(peer, bot, room_id, "!next")
+    assert "**no cross-signing identity**" in stayed and "stay on this step" in stayed
+    assert "· step" not in stayed
+    assert "· step 4 of 6" in await say(peer, bot, room_id, "!back")
+    assert "· step 5 of 6" in await say(peer, bot, room_id, "done")  # plain "done" = !next
+
+    # The client sets up secure backup: cross-signing keys appear on the server.
+    builder, account = AccountBuilder(synapse), adopt_peer(synapse, user, peer)
+    await asyncio.to_thread(builder.set_up_cross_signing, account)
+    passed = await say(peer, bot, room_id, "好了")
+    assert "inferred, not seen" in passed  # no admin API: backup itself is not visible
+    assert "· step 6 of 6" in passed
+
+    await bot.stop()
+    bot = await start_bot(data_dir=data_dir)  # progress lives in SQLite
+    assert bot.store is not None
+    progress = bot.store.get_guide_progress(user.user_id)
+    assert progress is not None and (progress.guide, progress.step) == ("backup", 5)
+    done = await say(peer, bot, room_id, "!next")
+    assert "cross-signing identity is there" in done
+    assert "**Done: Set up secure backup**" in done
+    assert "encrypted key backup on the server" in done  # the guide's summary
+    assert bot.store.get_guide_progress(user.user_id) is None
+    assert [r["result"] for r in bot.store.guide_runs(user.user_id)] == ["finished"]
+    assert "no walkthrough in progress" in await say(peer, bot, room_id, "!next")
+
+
+async def test_backup_checkpoint_sees_the_backup_with_the_admin_api(
+    start_bot: Any, make_user: Any, make_peer: Any, synapse: Any
+) -> None:
+    admin = make_user("admin", admin=True)
+    token = synapse.admin_access_token(admin.localpart, admin.password)
+    bot = await start_bot(admin_token=token, backup_check="admin-login")
+    user = make_user()
+    peer = await make_peer(user)
+    room_id = await open_dm(peer, bot)
+    await say(peer, bot, room_id, "!lang en")
+    await say(peer, bot, room_id, "!guide backup")
+    for _ in range(4):
+        await say(peer, bot, room_id, "!next")
+    builder, account = AccountBuilder(synapse), adopt_peer(synapse, user, peer)
+    await asyncio.to_thread(builder.set_up_cross_signing, account)
+    # Cross-signing alone is not enough when the backup itself is visible.
+    stayed = await say(peer, bot, room_id, "!next")
+    assert "**no key backup**" in stayed and "stay on this step" in stayed
+    await asyncio.to_thread(builder.create_backup, account)
+    passed = await say(peer, bot, room_id, "!next")
+    assert "a key backup exists for your account" in passed and "· step 6 of 6" in passed
+
+
+async def test_new_device_checkpoint_detects_the_newly_signed_session(
+    start_bot: Any, make_user: Any, make_peer: Any, synapse: Any
+) -> None:
+    bot = await start_bot()
+    user = make_user()
+    peer = await make_peer(user)
+    room_id = await open_dm(peer, bot)
+    await say(peer, bot, room_id, "!lang en")
+    builder, account = AccountBuilder(synapse), adopt_peer(synapse, user, peer)
+    await asyncio.to_thread(builder.set_up_cross_signing, account)
+    await asyncio.to_thread(builder.sign_device, account, peer.device_id)
+
+    await say(peer, bot, room_id, "!platform mobile")
+    first = await say(peer, bot, room_id, "!guide new-device")
+    assert "· step 1 of 6" in first and "!platform web" in first
+    for n in (2, 3, 4, 5):
+        assert f"· step {n} of 6" in await say(peer, bot, room_id, "!next")
+    new = await asyncio.to_thread(builder.add_device, account, "new phone")
+    stayed = await say(peer, bot, room_id, "!next")
+    assert "**still not verified**" in stayed and f"`{new.device_id}` new phone" in stayed
+    await asyncio.to_thread(builder.sign_device, account, new.device_id)
+    passed = await say(peer, bot, room_id, "!next")
+    assert f"your session `{new.device_id}` new phone is now cross-signed" in passed
+    assert "· step 6 of 6" in passed
+
+
+async def test_wrong_names_and_commands_out_of_context_get_helpful_answers(
+    start_bot: Any, make_user: Any, make_peer: Any
+) -> None:
+    bot = await start_bot()  # default language zh
+    peer = await make_peer(make_user())
+    room_id = await open_dm(peer, bot)
+    unknown = await say(peer, bot, room_id, "!guide bakup")
+    assert "没有叫 `bakup` 的引导" in unknown and "`!guide backup`" in unknown
+    for command in ("!next", "!back", "!stop"):
+        assert "你现在没有进行中的引导" in await say(peer, bot, room_id, command)
+    assert "!platform web|mobile" in await say(peer, bot, room_id, "!platform tv")
+    assert "!next" in await say(peer, bot, room_id, "!next please")  # usage, not a crash
+    # Without an active guide "好了" is just chat: the next answer is for the next command.
+    await peer.send_text(room_id, "好了")
+    assert "分步引导" in await say(peer, bot, room_id, "!guide")
+    started = await say(peer, bot, room_id, "!guide verify-user")
+    assert "第 1/5 步" in started
+    stopped = await say(peer, bot, room_id, "!stop")
+    assert "已退出引导" in stopped and "!guide verify-user" in stopped
+    assert bot.store is not None
+    assert [r["result"] for r in bot.store.guide_runs()] == ["stopped"]
+
+
+async def test_group_room_gets_a_pointer_and_the_guide_continues_in_the_dm(
+    start_bot: Any, make_user: Any, make_peer: Any
+) -> None:
+    bot = await start_bot()
+    bot_id = bot.config.matrix.user_id
+    alice, bob = await make_peer(make_user("alice")), await make_peer(make_user("bob"))
+    group = await alice.create_encrypted_room([bot_id, bob.user_id])
+    await alice.wait_for_join(group, bot_id)
+    await alice.wait_for_message(group, sender=bot_id)  # welcome
+    pointer = await alice.ask(group, "!guide verify-sessions", bot_id, timeout=60)
+    assert alice.user_id in pointer and "私聊" in pointer and "第 1/" not in pointer
+    assert bot.store is not None
+    dm = bot.store.get_dm_room(alice.user_id)
+    assert dm is not None and dm != group
+    step = await alice.wait_for_message(dm, sender=bot_id, timeout=60)
+    assert "第 1/5 步" in step.body
+    # In the group only ! commands count: "好了" there must not move the guide.
+    await alice.send_text(group, "好了")
+    second = await say(alice, bot, dm, "好了")
+    assert "第 2/5 步" in second

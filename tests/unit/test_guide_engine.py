@@ -1,0 +1,276 @@
+"""The walkthrough engine: pure transitions and checkpoints, then the conversation over fakes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from nerbot.commands.guide import GuideConversation
+from nerbot.commands.registry import IncomingText
+from nerbot.domain.assessment import AssessmentPolicy, UserReport, assess_user
+from nerbot.domain.facts import BackupFacts, BackupState, DeviceFacts, UserFacts
+from nerbot.domain.guide import (
+    Checkpoint,
+    CheckReason,
+    GuideDataError,
+    GuideLibrary,
+    GuideProgress,
+    Move,
+    clamp,
+    evaluate_checkpoint,
+    guess_platform,
+    means_next,
+    next_step,
+    parse_guide,
+    previous_step,
+    start_guide,
+    suggest_guide,
+)
+from nerbot.i18n import Catalog
+from nerbot.ids import EventId, RoomId, UserId
+from nerbot.store import Store
+
+ALICE = UserId("@alice:hs")
+LIBRARY = GuideLibrary.load()
+BACKUP = LIBRARY.guides["backup"]
+
+
+def dev(device_id: str, signed: bool = True, name: str | None = None) -> DeviceFacts:
+    return DeviceFacts(device_id, name or f"name {device_id}", True, signed)
+
+
+def report(*devices: DeviceFacts, cross_signing: bool = True,
+           backup: BackupState = BackupState.UNKNOWN) -> UserReport:
+    facts = UserFacts(ALICE, True, cross_signing, cross_signing, devices,
+                      BackupFacts(backup, "1" if backup is BackupState.PRESENT else None))
+    return assess_user(facts, AssessmentPolicy(), 0)
+
+
+def progress(step: int = 0, signed: tuple[str, ...] = (), known: tuple[str, ...] = ()
+             ) -> GuideProgress:
+    return GuideProgress("backup", step, 0, 0, frozenset(signed), frozenset(known))
+
+
+# -- pure decisions ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["done", "Done.", " next ", "好了", "好了！", "完成", "下一步",
+                                  "完成了。", "NEXT!"])
+def test_done_words_mean_next(text: str) -> None:
+    assert means_next(text)
+
+
+@pytest.mark.parametrize("text", ["", "not done", "done?x", "好", "hello", "!next", "nextly"])
+def test_other_text_does_not(text: str) -> None:
+    assert not means_next(text)
+
+
+def test_steps_move_forward_back_and_finish() -> None:
+    p = progress()
+    out = next_step(BACKUP, p, None, now_ms=5)
+    assert out.move is Move.ADVANCED and out.progress is not None
+    assert out.progress.step == 1 and out.progress.updated_ms == 5
+    assert previous_step(out.progress, 6).progress == dataclasses.replace(
+        out.progress, step=0, updated_ms=6)
+    assert previous_step(p, 7).move is Move.AT_START
+    last = progress(step=len(BACKUP.steps) - 1)
+    passed = evaluate_checkpoint(Checkpoint.CROSS_SIGNING, report(dev("A")), last)
+    finished = next_step(BACKUP, last, passed, now_ms=8)
+    assert finished.move is Move.FINISHED and finished.progress is None
+
+
+def test_a_checkpoint_step_never_advances_without_a_passed_check() -> None:
+    finish = next(i for i, s in enumerate(BACKUP.steps) if s.checkpoint is Checkpoint.BACKUP)
+    p = progress(step=finish)
+    assert next_step(BACKUP, p, None, 1).move is Move.STAYED
+    failed = evaluate_checkpoint(Checkpoint.BACKUP, report(dev("A", False),
+                                                          cross_signing=False), p)
+    out = next_step(BACKUP, p, failed, 1)
+    assert out.move is Move.STAYED and out.progress == p and out.check == failed
+
+
+def test_backup_checkpoint_is_honest_about_what_it_saw() -> None:
+    p = progress()
+    seen = evaluate_checkpoint(Checkpoint.BACKUP, report(backup=BackupState.PRESENT), p)
+    assert seen.passed and seen.reason is CheckReason.BACKUP_SEEN
+    absent = evaluate_checkpoint(Checkpoint.BACKUP, report(backup=BackupState.ABSENT), p)
+    assert not absent.passed and absent.reason is CheckReason.BACKUP_ABSENT
+    inferred = evaluate_checkpoint(Checkpoint.BACKUP, report(), p)
+    assert inferred.passed and inferred.reason is CheckReason.BACKUP_INFERRED
+    none = evaluate_checkpoint(Checkpoint.BACKUP, report(cross_signing=False), p)
+    assert not none.passed and none.reason is CheckReason.NO_IDENTITY
+
+
+def test_new_session_signed_names_the_session_that_changed() -> None:
+    p = progress(signed=("OLD",), known=("OLD",))
+    unsigned = report(dev("OLD"), dev("NEW", signed=False))
+    result = evaluate_checkpoint(Checkpoint.NEW_SESSION_SIGNED, unsigned, p)
+    assert not result.passed and result.reason is CheckReason.STILL_UNVERIFIED
+    assert [d.device_id for d in result.devices] == ["NEW"]
+    signed = evaluate_checkpoint(Checkpoint.NEW_SESSION_SIGNED, report(dev("OLD"), dev("NEW")),
+                                 p)
+    assert signed.passed and signed.reason is CheckReason.NEWLY_SIGNED
+    assert [d.device_id for d in signed.devices] == ["NEW"]
+    # A session that was there unsigned at the start and got signed counts too.
+    p2 = progress(signed=("OLD",), known=("OLD", "NEW"))
+    assert evaluate_checkpoint(Checkpoint.NEW_SESSION_SIGNED, report(dev("OLD"), dev("NEW")),
+                               p2).reason is CheckReason.NEWLY_SIGNED
+    # Nothing changed but everything is signed (done before the guide began): passes.
+    p3 = progress(signed=("OLD", "NEW"), known=("OLD", "NEW"))
+    assert evaluate_checkpoint(Checkpoint.NEW_SESSION_SIGNED, report(dev("OLD"), dev("NEW")),
+                               p3).reason is CheckReason.ALL_SIGNED
+    no_identity = evaluate_checkpoint(Checkpoint.NEW_SESSION_SIGNED,
+                                      report(dev("A", False), cross_signing=False), p)
+    assert no_identity.reason is CheckReason.NO_IDENTITY
+
+
+def test_sessions_verified_and_bot_verified() -> None:
+    p = progress()
+    bad = evaluate_checkpoint(Checkpoint.SESSIONS_VERIFIED, report(dev("A"), dev("B", False)), p)
+    assert not bad.passed and [d.device_id for d in bad.devices] == ["B"]
+    assert evaluate_checkpoint(Checkpoint.SESSIONS_VERIFIED, report(dev("A")), p).passed
+    assert evaluate_checkpoint(Checkpoint.BOT_VERIFIED, report(), p, verified_with_bot=True
+                               ).passed
+    assert not evaluate_checkpoint(Checkpoint.BOT_VERIFIED, report(), p).passed
+
+
+def test_start_records_the_session_baseline() -> None:
+    started = start_guide(BACKUP, report(dev("A"), dev("B", False)), now_ms=42)
+    assert started.step == 0 and started.started_ms == 42
+    assert started.signed_at_start == {"A"} and started.known_at_start == {"A", "B"}
+    assert start_guide(BACKUP, None, 1).known_at_start == frozenset()
+
+
+def test_suggestion_platform_guess_and_clamp() -> None:
+    assert suggest_guide(report(dev("A", False), cross_signing=False)) == "backup"
+    assert suggest_guide(report(dev("A"), dev("B", False))) == "verify-sessions"
+    assert suggest_guide(report(dev("A"))) == "practice" and suggest_guide(None) == "practice"
+    assert guess_platform([dev("A", name="Element X on iPhone")]) == "mobile"
+    assert guess_platform([dev("A", name="Element X on iPhone"),
+                           dev("B", name="app.element.io: Firefox on Linux")]) == "web"
+    assert guess_platform([]) == "web"
+    assert clamp(BACKUP, progress(step=99)).step == len(BACKUP.steps) - 1
+
+
+def test_library_lookup_and_close_match() -> None:
+    assert LIBRARY.names[0] == "backup" and len(LIBRARY.names) == 5
+    assert LIBRARY.get(" Backup ") is BACKUP and LIBRARY.get("nope") is None
+    assert LIBRARY.close_match("bakup") == "backup"
+    assert LIBRARY.close_match("new-devcie") == "new-device"
+    assert LIBRARY.close_match("zzzz") is None
+
+
+def test_malformed_guide_data_is_refused_at_load() -> None:
+    good = {"name": "x", "title": {"zh": "标题", "en": "T"}, "summary": {"zh": "总", "en": "S"},
+            "footer": {"zh": "脚", "en": "F"},
+            "steps": [{"id": "a", "checkpoint": "", "zh": {"all": "中"}, "en": {"all": "E"}}]}
+    assert parse_guide(good).steps[0].body("en", "web") == "E"
+    broken = [
+        {**good, "steps": []},
+        {**good, "title": {"en": "only English"}},
+        {**good, "steps": [{**good["steps"][0], "checkpoint": "moon_phase"}]},
+        {**good, "steps": [{**good["steps"][0], "en": {"web": "only web"}}]},
+        {k: v for k, v in good.items() if k != "name"},
+    ]
+    for raw in broken:
+        with pytest.raises(GuideDataError):
+            parse_guide(raw)
+
+
+# -- the conversation, over an in-memory store and fakes ------------------------------------
+
+
+class Hygiene:
+    def __init__(self, current: UserReport) -> None:
+        self.current = current
+        self.fresh_calls = 0
+
+    async def assess_one(self, user_id: str, fresh: bool = False) -> UserReport:
+        self.fresh_calls += fresh
+        return self.current
+
+
+class Messenger:
+    def __init__(self) -> None:
+        self.dms: list[str] = []
+
+    async def send_notice(self, room_id: RoomId, markdown: str) -> str | None:
+        return None
+
+    async def send_dm(self, user_id: UserId, markdown: str) -> RoomId:
+        self.dms.append(markdown)
+        return RoomId("!dm:hs")
+
+
+def conversation(current: UserReport) -> tuple[GuideConversation, Store, Hygiene, Messenger]:
+    store, hygiene, messenger = Store(":memory:"), Hygiene(current), Messenger()
+    store.set_language(ALICE, "en", 0)
+    return (GuideConversation(LIBRARY, store, hygiene, messenger, Catalog.load(), lambda: 100),
+            store, hygiene, messenger)
+
+
+async def test_conversation_checks_fresh_and_keeps_progress_in_the_store() -> None:
+    conv, store, hygiene, _ = conversation(report(dev("A", False), cross_signing=False))
+    first = await conv.begin(ALICE, "backup")
+    assert first.startswith("**Set up secure backup** · step 1 of 6")
+    assert "!platform" not in first  # same text on every platform: no hint
+    second = await conv.next(ALICE)
+    assert "Steps for Element Web" in second and "!platform mobile" in second  # guessed
+    for _ in range(3):
+        await conv.next(ALICE)
+    before = hygiene.fresh_calls
+    stayed = await conv.next(ALICE)
+    assert hygiene.fresh_calls == before + 1  # the checkpoint bypassed the cache
+    assert "no cross-signing identity" in stayed
+    saved = store.get_guide_progress(ALICE)
+    assert saved is not None and saved.step == 4
+    hygiene.current = report(dev("A", False))
+    assert "· step 6 of 6" in await conv.next(ALICE)
+    assert "· step 6 of 6" in await conv.begin(ALICE, "backup")  # resumes, no restart
+    other = await conv.begin(ALICE, "verify-user")
+    assert "I closed the walkthrough" in other and "step 1 of 5" in other
+    assert [r["result"] for r in store.guide_runs(ALICE)] == ["replaced"]
+
+
+async def test_platform_choice_changes_the_variant_shown() -> None:
+    conv, store, _, _ = conversation(report(dev("A")))
+    await conv.begin(ALICE, "backup")
+    await conv.next(ALICE)  # "open-settings" differs between web and mobile
+    mobile = await conv.set_platform(ALICE, "mobile")
+    assert "Element X" in mobile and "!platform web" in mobile
+    assert store.get_platform(ALICE) == "mobile"
+    assert "Security & Privacy" in await conv.set_platform(ALICE, "web")
+
+
+async def test_plain_done_only_counts_in_a_dm_with_an_active_guide() -> None:
+    conv, _, _, _ = conversation(report(dev("A")))
+
+    def msg(body: str, is_dm: bool = True) -> IncomingText:
+        return IncomingText(ALICE, RoomId("!r:hs"), EventId("$e"), body, is_dm)
+
+    assert conv.interpret(msg("好了")) is None  # no guide yet
+    await conv.begin(ALICE, "practice")
+    assert conv.interpret(msg("好了")) == "!next"
+    assert conv.interpret(msg("好了", is_dm=False)) is None
+    assert conv.interpret(msg("thanks")) is None
+
+
+async def test_a_verification_with_the_bot_moves_the_practice_guide_on() -> None:
+    conv, store, _, messenger = conversation(report(dev("A")))
+    await conv.begin(ALICE, "practice")
+    await conv.on_verified(ALICE)  # no verification record: nothing happens
+    assert messenger.dms == []
+    store.verification_started("t1", ALICE, "A", "incoming", "in_room", 50)
+    store.verification_ended("t1", "verified", 150)
+    await conv.on_verified(ALICE)
+    assert len(messenger.dms) == 1 and "completed an emoji verification" in messenger.dms[0]
+    saved = store.get_guide_progress(ALICE)
+    assert saved is not None and saved.step == 2
+
+
+async def test_a_guide_removed_by_an_update_is_forgotten_cleanly() -> None:
+    conv, store, _, _ = conversation(report(dev("A")))
+    store.save_guide_progress(ALICE, GuideProgress("retired-guide", 3, 0, 0))
+    assert "no walkthrough in progress" in await conv.next(ALICE)
+    assert store.get_guide_progress(ALICE) is None
