@@ -16,6 +16,7 @@ MARK = {
     "idle": emoji.emojize(":zzz:"),
     "none": emoji.emojize(":white_circle:"),
     "party": emoji.emojize(":party_popper:"),
+    "info": emoji.emojize(":information:"),
 }
 
 SESSION_LINE = {
@@ -36,15 +37,21 @@ def render_report(catalog: Catalog, lang: str, report: UserReport, about_self: b
         lines.append(t(lang, "status.cross_signing_ok", mark=MARK["ok"]))
     else:
         lines.append(t(lang, "status.cross_signing_missing", mark=MARK["bad"]))
+    # A deliberate "key storage off" replaces the alarming backup line (a live backup still shows).
+    opted_out = "backup_opted_out" in report.notes
     if report.backup is BackupState.PRESENT:
         version = report.backup_version or "?"
         lines.append(t(lang, "status.backup_present", mark=MARK["ok"], version=version))
+    elif opted_out:
+        pass  # the opted-out line below says why backup is not flagged
     elif report.backup is BackupState.ABSENT:
         lines.append(t(lang, "status.backup_absent", mark=MARK["bad"]))
     elif "backup_likely_absent" in report.inferred:
         lines.append(t(lang, "status.backup_unknown_likely_absent", mark=MARK["unknown"]))
     else:
         lines.append(t(lang, "status.backup_unknown", mark=MARK["unknown"]))
+    if opted_out:
+        lines.append(t(lang, "status.backup_opted_out", mark=MARK["info"]))
     if "legacy_marker_without_backup" in report.inferred:
         lines.append(t(lang, "status.legacy_marker"))
     if report.finding(FindingKind.NO_SECRET_STORAGE):
@@ -64,8 +71,8 @@ def render_report(catalog: Catalog, lang: str, report: UserReport, about_self: b
     if show_activity:
         lines.append(t(lang, "status.activity_source"))
 
-    lines.append("")
     if report.findings:
+        lines.append("")
         first = report.findings[0]
         what = t(lang, f"finding.{first.kind.value}", devices=", ".join(first.device_ids))
         lines.append(t(lang, "status.next_step", what=what, guide=first.guide))
@@ -73,6 +80,6 @@ def render_report(catalog: Catalog, lang: str, report: UserReport, about_self: b
         if later:
             lines.append(t(lang, "status.then_guides",
                            guides=", ".join(f"`!guide {g}`" for g in later)))
-    else:
-        lines.append(t(lang, "status.all_good", mark=MARK["party"]))
+    elif not opted_out:  # "all good" would claim the backup is in order
+        lines += ["", t(lang, "status.all_good", mark=MARK["party"])]
     return "\n".join(lines)

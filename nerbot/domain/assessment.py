@@ -75,7 +75,11 @@ class SessionReport:
 
 @dataclass(frozen=True, slots=True)
 class UserReport:
-    """The assessment of one user; ``inferred`` lists conclusions not directly seen."""
+    """The assessment of one user; ``inferred`` lists conclusions not directly seen.
+
+    ``notes`` lists things seen that changed the findings (``"backup_opted_out"``: the user
+    turned key storage off on purpose, so backup is not flagged).
+    """
 
     user_id: str
     exists: bool
@@ -85,6 +89,7 @@ class UserReport:
     findings: tuple[Finding, ...]
     inferred: tuple[str, ...] = field(default=())
     backup_version: str | None = None
+    notes: tuple[str, ...] = field(default=())
 
     @property
     def ok(self) -> bool:
@@ -126,16 +131,22 @@ def assess_user(facts: UserFacts, policy: AssessmentPolicy, now_ms: int) -> User
 
     kinds: list[tuple[FindingKind, tuple[str, ...]]] = []
     inferred: list[str] = []
+    notes: list[str] = []
+    # Only an explicit "key storage off" in account data; None (not known) is no opt-out.
+    opted_out = facts.backup.storage_opted_out is True
     if not facts.cross_signing:
         kinds.append((FindingKind.NO_CROSS_SIGNING, ()))
-    if facts.backup.state is BackupState.ABSENT:
+    if opted_out:
+        # They said no: respect it, neither flagging nor guessing about backup.
+        notes.append("backup_opted_out")
+    elif facts.backup.state is BackupState.ABSENT:
         kinds.append((FindingKind.NO_BACKUP, ()))
     elif facts.backup.state is BackupState.UNKNOWN:
         # Recovery is set up together with cross-signing by every current client, so without
         # an identity there is almost certainly no backup; with one, we cannot tell.
         inferred.append("backup_likely_absent" if not facts.cross_signing
                         else "backup_not_visible")
-    if facts.cross_signing and facts.backup.secret_storage is False:
+    if facts.cross_signing and facts.backup.secret_storage is False and not opted_out:
         kinds.append((FindingKind.NO_SECRET_STORAGE, ()))
     if facts.cross_signing:
         unverified = tuple(s.device.device_id for s in sessions
@@ -161,4 +172,5 @@ def assess_user(facts: UserFacts, policy: AssessmentPolicy, now_ms: int) -> User
         findings=tuple(findings),
         inferred=tuple(inferred),
         backup_version=facts.backup.version,
+        notes=tuple(notes),
     )

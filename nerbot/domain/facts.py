@@ -37,6 +37,7 @@ class BackupFacts:
     secret_storage: bool | None = None        # a default secret-storage key exists (admin)
     key_backup_enabled: bool | None = None    # Element's m.key_backup preference (admin)
     legacy_backup_marker: bool | None = None  # m.megolm_backup.v1 present (survives deletion)
+    storage_opted_out: bool | None = None     # user turned key storage off on purpose (admin)
 
     @property
     def seen(self) -> bool:

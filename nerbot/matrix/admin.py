@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from nerbot.domain.facts import AdminFacts, BackupFacts, BackupState
@@ -24,10 +24,33 @@ logger = logging.getLogger(__name__)
 SECRET_STORAGE_DEFAULT = "m.secret_storage.default_key"
 KEY_BACKUP_PREF = "m.key_backup"
 LEGACY_BACKUP_MARKER = "m.megolm_backup.v1"
+BACKUP_DISABLED_MARKER = "m.org.matrix.custom.backup_disabled"  # Element Web
+RECOVERY_PREF = "io.element.recovery"  # Element X
+
+# A deliberate "key storage off": (event type, content key, the value that means off).
+STORAGE_OPT_OUTS: tuple[tuple[str, str, bool], ...] = (
+    (KEY_BACKUP_PREF, "enabled", False),
+    (BACKUP_DISABLED_MARKER, "disabled", True),
+    (RECOVERY_PREF, "enabled", False),
+)
 
 
 def _quote(user_id: str) -> str:
     return urllib.parse.quote(user_id, safe="")
+
+
+def storage_opt_out(global_data: object) -> bool:
+    """Did the user turn key storage off on purpose? Only an explicit boolean counts.
+
+    Anything absent or malformed is no opt-out, so a broken client never silences reminders.
+    """
+    if not isinstance(global_data, dict):
+        return False
+    for event_type, key, off in STORAGE_OPT_OUTS:
+        content = global_data.get(event_type)
+        if isinstance(content, dict) and content.get(key) is off:
+            return True
+    return False
 
 
 class AdminProbe:
@@ -77,10 +100,11 @@ class AdminProbe:
         backup = BackupFacts(
             state=state,
             version=version,
-            secret_storage=bool(global_data.get(SECRET_STORAGE_DEFAULT, {}).get("key")),
+            secret_storage=_has_default_key(global_data),
             key_backup_enabled=pref.get("enabled") if isinstance(pref, dict) and isinstance(
                 pref.get("enabled"), bool) else None,
             legacy_backup_marker=LEGACY_BACKUP_MARKER in global_data,
+            storage_opted_out=storage_opt_out(global_data),
         )
         return AdminFacts(True, backup, last_seen, global_data)
 
@@ -100,3 +124,9 @@ class AdminProbe:
         if status == 404:
             return BackupState.ABSENT, None
         return BackupState.PRESENT, str(body.get("version"))
+
+
+def _has_default_key(global_data: Mapping[str, Any]) -> bool:
+    """A default secret-storage key is set (malformed account data counts as none)."""
+    content = global_data.get(SECRET_STORAGE_DEFAULT)
+    return isinstance(content, Mapping) and bool(content.get("key"))

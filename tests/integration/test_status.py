@@ -196,3 +196,38 @@ async def test_forged_signature_does_not_count_as_cross_signed(
     text = await status(peer, bot, room_id)
     victim_line = next(line for line in text.splitlines() if f"`{victim.device_id}`" in line)
     assert victim_line.endswith("— **not verified**")
+
+
+async def test_key_storage_turned_off_on_purpose_is_respected(
+    start_bot: Any, make_user: Any, make_peer: Any, synapse: Any
+) -> None:
+    """Element's ``m.key_backup`` = ``{"enabled": false}`` silences backup, and says so."""
+    import urllib.parse
+
+    from nerbot.localdev.accounts import AccountBuilder
+
+    admin = make_user("admin", admin=True)
+    token = synapse.admin_access_token(admin.localpart, admin.password)
+    bot = await start_bot(admin_token=token, backup_check="admin-login")
+    user = make_user()
+    peer = await make_peer(user)
+    room_id = await open_dm(peer, bot)
+    await peer.ask(room_id, "!lang en", bot.config.matrix.user_id)
+    # A signed identity, so backup and recovery are all that is left to flag.
+    builder, account = AccountBuilder(synapse), adopt_peer(synapse, user, peer)
+    await asyncio.to_thread(builder.set_up_cross_signing, account)
+    await asyncio.to_thread(builder.sign_device, account, peer.device_id)
+    text = await status(peer, bot, room_id)
+    assert "Key backup: **off**" in text and "Send `!guide backup`" in text
+    assert "You turned key storage off" not in text
+
+    path = (f"/_matrix/client/v3/user/{urllib.parse.quote(user.user_id, safe='')}"
+            "/account_data/m.key_backup")
+    synapse.request("PUT", path, {"enabled": False}, token=peer.client.access_token)
+    text = await status(peer, bot, room_id)  # asks with fresh=True: no stale admin cache
+    assert ("You turned key storage off in your client on purpose (seen in your account data)"
+            in text)
+    assert "Key backup: **off**" not in text and "Recovery key" not in text
+    assert "**Next step:**" not in text and "Send `!guide backup`" not in text
+    assert "Cross-signing identity: set up" in text
+    assert f"`{peer.device_id}`" in text and text.count("!guide backup") == 1

@@ -126,3 +126,70 @@ def test_combine_merges_admin_facts_and_defaults_without_them() -> None:
     merged = combine(keys, admin)
     assert not merged.exists and merged.backup.state is BackupState.ABSENT
     assert merged.devices[0].last_seen_ms == 42 and merged.device_activity_known
+
+
+OPT_OUTS = [
+    {"m.key_backup": {"enabled": False}},
+    {"m.org.matrix.custom.backup_disabled": {"disabled": True}},
+    {"io.element.recovery": {"enabled": False}},
+]
+
+
+def opted_out_facts(global_data: dict[str, object]) -> BackupFacts:
+    """What the admin probe builds for a user with no backup and no secret storage."""
+    from nerbot.matrix.admin import storage_opt_out
+
+    return BackupFacts(BackupState.ABSENT, secret_storage=False,
+                       storage_opted_out=storage_opt_out(global_data))
+
+
+@pytest.mark.parametrize("global_data", OPT_OUTS)
+def test_each_opt_out_suppresses_backup_findings_but_keeps_identity(
+    global_data: dict[str, object],
+) -> None:
+    report = assess_user(user(device("A", signed=False), cross_signing=False,
+                              backup=opted_out_facts(global_data)), POLICY, NOW)
+    assert [f.kind for f in report.findings] == [FindingKind.NO_CROSS_SIGNING]
+    assert report.notes == ("backup_opted_out",) and report.inferred == ()
+
+
+@pytest.mark.parametrize("global_data", OPT_OUTS)
+def test_each_opt_out_suppresses_backup_findings_but_keeps_unverified_sessions(
+    global_data: dict[str, object],
+) -> None:
+    facts = user(device("A"), device("B", signed=False), backup=opted_out_facts(global_data))
+    report = assess_user(facts, POLICY, NOW)
+    assert [f.kind for f in report.findings] == [FindingKind.UNVERIFIED_SESSIONS]
+    assert report.next_guide == "verify-sessions" and report.notes == ("backup_opted_out",)
+
+
+@pytest.mark.parametrize("global_data", [
+    {},
+    {"m.key_backup": {"enabled": True}},
+    {"m.key_backup": {"enabled": "false"}},
+    {"m.key_backup": {"enabled": 0}},
+    {"m.key_backup": False},
+    {"m.key_backup": ["enabled", False]},
+    {"m.org.matrix.custom.backup_disabled": {"disabled": False}},
+    {"m.org.matrix.custom.backup_disabled": {"disabled": 1}},
+    {"m.org.matrix.custom.backup_disabled": "disabled"},
+    {"io.element.recovery": {"enabled": None}},
+    {"io.element.recovery": {}},
+])
+def test_malformed_or_other_content_is_not_an_opt_out(global_data: dict[str, object]) -> None:
+    report = assess_user(user(device("A"), backup=opted_out_facts(global_data)), POLICY, NOW)
+    assert [f.kind for f in report.findings] == [FindingKind.NO_BACKUP,
+                                                 FindingKind.NO_SECRET_STORAGE]
+    assert report.notes == ()
+
+
+def test_opt_out_not_known_without_admin_api_changes_nothing() -> None:
+    report = assess_user(user(device("A", signed=False), cross_signing=False), POLICY, NOW)
+    assert BackupFacts().storage_opted_out is None
+    assert report.notes == () and report.inferred == ("backup_likely_absent",)
+
+
+def test_opt_out_with_unknown_backup_state_makes_no_backup_inference() -> None:
+    facts = user(device("A"), backup=BackupFacts(storage_opted_out=True))
+    report = assess_user(facts, POLICY, NOW)
+    assert report.ok and report.inferred == () and report.notes == ("backup_opted_out",)
