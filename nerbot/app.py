@@ -7,10 +7,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from nerbot.alert_service import AlertService
 from nerbot.clock import SystemClock
 from nerbot.commands.basic import basic_commands
 from nerbot.commands.guide import GuideConversation, guide_commands
 from nerbot.commands.registry import CommandRegistry, CommandRouter, IncomingText
+from nerbot.commands.remind import MessageText, remind_commands
 from nerbot.commands.status import status_commands
 from nerbot.commands.verify import VerificationConversation, verify_commands
 from nerbot.config import Config
@@ -32,7 +34,9 @@ from nerbot.matrix.session import TRANSIENT_ERRORS, MatrixSession, open_session
 from nerbot.matrix.syncer import MAX_BACKOFF_SECONDS, SyncLoop
 from nerbot.matrix.transport import MatrixTransport
 from nerbot.matrix.verification import VerificationService
+from nerbot.outbox import OutboxSender
 from nerbot.ports import Clock
+from nerbot.reminder_service import ReminderService
 from nerbot.runner import TaskRunner
 from nerbot.store import Store
 
@@ -63,6 +67,11 @@ class NerbotApp:
         self.directory: KeyDirectory | None = None
         self.verifier: VerificationService | None = None
         self.guides: GuideConversation | None = None
+        self.admin_probe: AdminProbe | None = None
+        self.outbox: OutboxSender | None = None
+        self.alerts: AlertService | None = None
+        self.reminders: ReminderService | None = None
+        self.text: MessageText | None = None
         self.syncer: SyncLoop | None = None
         self._stopped = asyncio.Event()
 
@@ -109,6 +118,10 @@ class NerbotApp:
                                                         on_verified=guides.on_verified)
         registry.extend(verify_commands(verifier, transport.ensure_dm))
         registry.extend(guide_commands(guides))
+        reminders = self._build_outreach(store, transport)
+        assert self.text is not None
+        registry.extend(remind_commands(store, hygiene, reminders.decision_for, self.text,
+                                        self.clock.now_ms))
         self.router = CommandRouter(
             registry, self.catalog, transport, store.get_language, config.is_admin,
             interpret=guides.interpret,
@@ -124,7 +137,7 @@ class NerbotApp:
             on_joined=self._on_joined,
             on_undecryptable=self._on_undecryptable,
             not_before_ms=not_before,
-            on_devices_changed=hygiene.invalidate,
+            on_devices_changed=self._on_devices_changed,
         )
         events.register()
         verifier.register()
@@ -132,12 +145,16 @@ class NerbotApp:
         self.runner.spawn(syncer.run(), name="sync")
         self.runner.every(UNDECRYPTABLE_RETRY_SECONDS, events.hold.retry, name="undecryptable")
         await asyncio.wait_for(syncer.first_sync.wait(), first_sync_timeout)
+        if config.reminders.enabled:
+            reminders.start()
         logger.info("nerbot is running as %s (device %s)", client.user_id, client.device_id)
 
     async def stop(self) -> None:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.reminders is not None:
+            self.reminders.stop()
         if self.syncer is not None:
             self.syncer.stop()
         await self.runner.stop()
@@ -158,11 +175,49 @@ class NerbotApp:
         self.directory = KeyDirectory(http, shares_room=self._shares_room)
         admin = None
         if config.synapse_admin.token:
-            admin = AdminProbe(http, config.synapse_admin.token,
+            admin = self.admin_probe = AdminProbe(http, config.synapse_admin.token,
                                backup_check=config.synapse_admin.backup_check == "admin-login",
                                concurrency=config.synapse_admin.concurrency)
         policy = AssessmentPolicy(stale_after_days=config.assessment.stale_after_days)
         return HygieneService(self.directory, admin, policy, self.clock)
+
+    def _build_outreach(self, store: Store, transport: MatrixTransport) -> ReminderService:
+        """Reminders and alerts, sharing one text source and one exactly-once outbox."""
+        config = self.config
+        assert self.hygiene is not None and self.directory is not None
+        text = self.text = MessageText(self.catalog, store, config.reminders.policy.zone)
+        outbox = self.outbox = OutboxSender(store, transport, self.clock.now_ms,
+                                            config.reminders.max_sends_per_minute)
+        directory = self.directory
+        alerts = self.alerts = AlertService(
+            store, directory, text, outbox, self.clock, self.runner, config.matrix.user_id,
+            debounce_seconds=config.alerts.debounce_seconds, enabled=config.alerts.enabled)
+
+        async def observe(user_id: UserId) -> object:  # the scan's facts, no extra query
+            return await alerts.check(user_id, facts=directory.cached(user_id), deliver=False)
+
+        self.reminders = ReminderService(config.reminders, store, self.hygiene, self._audience,
+                                         text, outbox, self.clock, observe_keys=observe)
+        return self.reminders
+
+    def _on_devices_changed(self, user_ids: list[str]) -> None:
+        if self.hygiene is not None:
+            self.hygiene.invalidate(user_ids)
+        if self.alerts is not None:
+            self.alerts.devices_changed(user_ids)
+
+    async def _audience(self) -> list[UserId]:
+        """Whom reminders cover: room-mates from allowed servers, or every local user."""
+        config = self.config
+        if config.reminders.scope == "all-local" and self.admin_probe is not None:
+            users = await self.admin_probe.local_users()
+        else:
+            assert self.session is not None
+            users = sorted({u for room in self.session.client.rooms.values()
+                            for u in room.users})
+        servers = set(config.inviter_servers)
+        return [UserId(u) for u in users
+                if u != config.matrix.user_id and server_of(u) in servers]
 
     def _build_verifier(self, client: Any, http: MatrixHttp, store: Store,
                         transport: MatrixTransport,

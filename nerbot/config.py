@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
+from nerbot.domain.assessment import FindingKind
+from nerbot.domain.reminders import ReminderSettings, parse_duration, parse_time_of_day
 from nerbot.errors import ConfigError
 from nerbot.ids import UserId, is_server_name, is_user_id, server_of
 
@@ -28,6 +30,8 @@ LANGUAGES: Final = ("zh", "en")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 GRACE_RANGE: Final = (1, 3600)
 BACKUP_CHECKS: Final = ("off", "admin-login")
+REMINDER_SCOPES: Final = ("rooms", "all-local")
+DEFAULT_SCAN_EVERY_MS: Final = 6 * 3600 * 1000
 # Values people paste from examples and tutorials; a real secret is never one of these.
 _PLACEHOLDERS: Final = frozenset(
     {"change_me", "changeme", "change-me", "change me", "your-password", "your_password",
@@ -90,6 +94,27 @@ class VerificationConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RemindersConfig:
+    """When the reminder scan runs, whom it covers, how fast it may send; ``policy`` decides."""
+
+    enabled: bool = True
+    scan_every_ms: int = DEFAULT_SCAN_EVERY_MS
+    scan_at_minute: int | None = None  # daily at this local time instead of every N
+    # "rooms": members of rooms the bot shares; "all-local": every local user (admin API)
+    scope: Literal["rooms", "all-local"] = "rooms"
+    max_sends_per_minute: int = 20
+    policy: ReminderSettings = field(default_factory=ReminderSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    """New-session and identity-reset alerts, sent seconds after sync reports a change."""
+
+    enabled: bool = True
+    debounce_seconds: int = 5
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     """Log verbosity; applied by the CLI, not here, so importing config has no side effects."""
 
@@ -107,6 +132,8 @@ class Config:
     logging: LoggingConfig
     assessment: AssessmentConfig = AssessmentConfig()
     verification: VerificationConfig = VerificationConfig()
+    reminders: RemindersConfig = RemindersConfig()
+    alerts: AlertsConfig = AlertsConfig()
     source: Path | None = None
 
     @property
@@ -158,6 +185,20 @@ _SCHEMA: Final[dict[str, dict[str, tuple[type, Any]]]] = {
                       "concurrency": (int, 8)},
     "assessment": {"stale_after_days": (int, 90)},
     "verification": {"max_per_hour": (int, 5), "max_cancels_per_hour": (int, 3)},
+    "reminders": {
+        "enabled": (bool, True),
+        "scan_every": (str, "6h"),
+        "scan_at": (str, ""),
+        "scope": (str, "rooms"),
+        "remind_about": (list, ["no_cross_signing", "no_backup", "no_secret_storage",
+                                "unverified_sessions"]),
+        "grace": (str, "24h"),
+        "backoff": (list, ["1d", "3d", "7d", "30d"]),
+        "quiet_hours": (str, "22:00-09:00"),
+        "timezone": (str, "Asia/Shanghai"),
+        "max_sends_per_minute": (int, 20),
+    },
+    "alerts": {"enabled": (bool, True), "debounce_seconds": (int, 5)},
     "logging": {"level": (str, "INFO")},
 }
 
@@ -169,7 +210,8 @@ _TYPE_NAMES: Final[tuple[tuple[type, str], ...]] = (
     (list, "list"),
     (Mapping, "table"),
 )
-_EXPECTED: Final[dict[type, str]] = {str: "a string", int: "an integer", list: "a list"}
+_EXPECTED: Final[dict[type, str]] = {str: "a string", int: "an integer", list: "a list",
+                                     bool: "true or false"}
 
 
 def _type_name(value: object) -> str:
@@ -276,6 +318,68 @@ def _data_dir(value: str, base_dir: Path) -> Path:
     return path if path.is_absolute() else (base_dir / path).resolve()
 
 
+def _duration(value: str, key: str, problems: _Problems) -> int | None:
+    try:
+        return parse_duration(value)
+    except ValueError:
+        problems.add(key, "not a duration (like 90m, 6h, 1d or 2w, at most 365d)")
+        return None
+
+
+def _reminders(r: Mapping[str, Any], token: str, problems: _Problems) -> RemindersConfig:
+    """The ``[reminders]`` section; the policy object validates itself (time zone, ranges)."""
+    every = _duration(r["scan_every"], "reminders.scan_every", problems)
+    if every is not None and every < 5 * 60 * 1000:
+        problems.add("reminders.scan_every", "must be at least 5m")
+    scan_at = None
+    if r["scan_at"].strip():
+        try:
+            scan_at = parse_time_of_day(r["scan_at"])
+        except ValueError:
+            problems.add("reminders.scan_at", 'not a time of day (like "10:00"), or empty')
+    scope = r["scope"]
+    if scope not in REMINDER_SCOPES:
+        problems.add("reminders.scope", f"must be one of {', '.join(REMINDER_SCOPES)}")
+    elif scope == "all-local" and not token:
+        problems.add("reminders.scope", f"all-local needs synapse_admin.token "
+                                        f"(or {ADMIN_TOKEN_ENV})")
+    kinds: list[FindingKind] = []
+    known = [k.value for k in FindingKind]
+    for i, name in enumerate(r["remind_about"]):
+        if name in known:
+            kinds.append(FindingKind(name))
+        else:
+            problems.add(f"reminders.remind_about[{i}]", _did_you_mean("finding", name, known))
+    grace = _duration(r["grace"], "reminders.grace", problems) if r["grace"] != "0" else 0
+    backoff = [_duration(v, f"reminders.backoff[{i}]", problems)
+               for i, v in enumerate(r["backoff"])]
+    if not r["backoff"]:
+        problems.add("reminders.backoff", "must list at least one interval")
+    quiet = r["quiet_hours"].replace(" ", "")
+    start = end = 0
+    if quiet:
+        try:
+            first, second = quiet.split("-")
+            start, end = parse_time_of_day(first), parse_time_of_day(second)
+        except ValueError:
+            problems.add("reminders.quiet_hours", 'expected "HH:MM-HH:MM" (or "" for none)')
+    if not 1 <= r["max_sends_per_minute"] <= 6000:
+        problems.add("reminders.max_sends_per_minute", "must be between 1 and 6000")
+    policy = ReminderSettings()
+    if grace is not None and all(b is not None for b in backoff) and backoff:
+        try:
+            policy = ReminderSettings(
+                remind_on=frozenset(kinds), grace_ms=grace,
+                backoff_ms=tuple(b for b in backoff if b is not None),
+                quiet_start_minute=start, quiet_end_minute=end, timezone=r["timezone"])
+        except ValueError as exc:
+            problems.add("reminders.timezone" if "zone" in str(exc) else "reminders", str(exc))
+    return RemindersConfig(
+        enabled=r["enabled"], scan_every_ms=every or DEFAULT_SCAN_EVERY_MS,
+        scan_at_minute=scan_at, scope=cast(Literal["rooms", "all-local"], scope),
+        max_sends_per_minute=r["max_sends_per_minute"], policy=policy)
+
+
 def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) -> Config:
     """Validate a parsed TOML document; raise ConfigError listing every problem at once.
 
@@ -338,6 +442,11 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path)
         if not 1 <= ver[key] <= 100:
             problems.add(f"verification.{key}", "must be between 1 and 100")
 
+    reminders = _reminders(v["reminders"], token, problems)
+    alerts = v["alerts"]
+    if not 1 <= alerts["debounce_seconds"] <= 300:
+        problems.add("alerts.debounce_seconds", "must be between 1 and 300")
+
     level = lg["level"].strip().upper()
     if level not in LOG_LEVELS:
         problems.add("logging.level", f"must be one of {', '.join(LOG_LEVELS)}")
@@ -358,6 +467,8 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path)
         logging=LoggingConfig(level),
         assessment=AssessmentConfig(stale_days),
         verification=VerificationConfig(ver["max_per_hour"], ver["max_cancels_per_hour"]),
+        reminders=reminders,
+        alerts=AlertsConfig(alerts["enabled"], alerts["debounce_seconds"]),
     )
 
 

@@ -72,6 +72,23 @@ class AdminProbe:
             return await self.http.request(method, path, body, token=token or self.token,
                                            ok_statuses=ok)
 
+    async def local_users(self) -> list[str]:
+        """Every active, non-guest local user (``/_synapse/admin/v2/users``, paginated)."""
+        users: list[str] = []
+        start: str | None = "0"
+        while start is not None:
+            query = urllib.parse.urlencode({"from": start, "limit": 500, "guests": "false",
+                                            "deactivated": "false"})
+            _, page = await self._call("GET", f"/_synapse/admin/v2/users?{query}")
+            for entry in page.get("users", []):
+                name = entry.get("name") if isinstance(entry, dict) else None
+                if isinstance(name, str) and not entry.get("is_guest") \
+                        and not entry.get("deactivated"):
+                    users.append(name)
+            token = page.get("next_token")
+            start = str(token) if token is not None else None
+        return users
+
     async def facts_many(self, user_ids: Iterable[str]) -> dict[str, AdminFacts]:
         users = list(user_ids)
         results = await asyncio.gather(*(self.facts(u) for u in users))

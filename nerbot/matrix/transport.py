@@ -57,18 +57,25 @@ class MatrixTransport:
         self._room_locks: dict[str, asyncio.Lock] = {}
         self._dm_locks: dict[str, asyncio.Lock] = {}
 
-    async def send_notice(self, room_id: RoomId, markdown_text: str) -> str | None:
-        return await self.send_content(room_id, render_notice(markdown_text))
+    async def send_notice(self, room_id: RoomId, markdown_text: str,
+                          txn_id: str | None = None) -> str | None:
+        return await self.send_content(room_id, render_notice(markdown_text), txn_id=txn_id)
 
     async def send_content(
-        self, room_id: RoomId, content: dict[str, Any], event_type: str = "m.room.message"
+        self, room_id: RoomId, content: dict[str, Any], event_type: str = "m.room.message",
+        txn_id: str | None = None,
     ) -> str:
-        """Send one event; serialised per room so group sessions are shared once."""
+        """Send one event; serialised per room so group sessions are shared once.
+
+        A given ``txn_id`` makes the send idempotent: the homeserver answers a repeated
+        ``PUT …/send/{type}/{txnId}`` with the first event instead of storing a second one.
+        Rate limits (429) are waited out by nio with the server's ``retry_after_ms``.
+        """
         lock = self._room_locks.setdefault(room_id, asyncio.Lock())
         async with lock:
             await self.wait_for_room(room_id)
             response = await self.client.room_send(
-                room_id, event_type, content, ignore_unverified_devices=True
+                room_id, event_type, content, tx_id=txn_id, ignore_unverified_devices=True
             )
         if isinstance(response, nio.RoomSendResponse):
             return str(response.event_id)

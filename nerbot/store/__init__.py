@@ -1,5 +1,5 @@
 """Persistence: the only package that speaks SQL."""
 
-from nerbot.store.db import Store
+from nerbot.store.db import OutboxMessage, Store
 
-__all__ = ["Store"]
+__all__ = ["OutboxMessage", "Store"]

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 from sqlite_utils import Database
 from sqlite_utils.db import NotFoundError, Table
 
 from nerbot.domain.guide import GuideProgress
+from nerbot.domain.reminders import ReminderHistory
 from nerbot.ids import RoomId, UserId
 from nerbot.store.migrations import MIGRATION_SET, build_migrations
 
@@ -18,6 +21,23 @@ logger = logging.getLogger(__name__)
 
 # Handled-event records older than this are pruned; a sync replay never reaches that far back.
 HANDLED_EVENTS_KEEP_MS = 7 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A message recorded before sending; ``status`` is "pending" until the server took it."""
+
+    key: str
+    user_id: UserId
+    kind: str
+    txn_id: str
+    body: str
+    room_id: RoomId | None
+    status: str
+    attempts: int
+    created_ms: int
+    sent_ms: int | None = None
+    event_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +184,146 @@ class Store:
         where, args = ("user_id = ?", [user_id]) if user_id else (None, None)
         return [dict(r) for r in self._table("guide_runs").rows_where(where, args,
                                                                       order_by="ended_ms")]
+
+    # -- reminders ---------------------------------------------------------------------------
+
+    def reminder_history(self, user_id: UserId, first_seen_ms: int) -> ReminderHistory:
+        """The policy's memory of one user (defaults for a user never reminded)."""
+        try:
+            row = self._table("reminder_state").get(user_id)
+        except NotFoundError:
+            return ReminderHistory(first_seen_ms=first_seen_ms)
+        return ReminderHistory(
+            first_seen_ms=first_seen_ms,
+            opted_out=bool(row["opted_out"]),
+            snoozed_until_ms=row["snoozed_until_ms"],
+            finding_key=row["finding_key"],
+            sent_count=int(row["sent_count"] or 0),
+            last_sent_ms=row["last_sent_ms"],
+            all_good_sent=bool(row["all_good_sent"]),
+            sent_total=int(row["sent_total"] or 0),
+        )
+
+    def _reminder_row(self, user_id: UserId) -> dict[str, object]:
+        try:
+            return dict(self._table("reminder_state").get(user_id))
+        except NotFoundError:
+            return {"user_id": user_id, "opted_out": 0, "snoozed_until_ms": None,
+                    "finding_key": None, "sent_count": 0, "sent_total": 0,
+                    "last_sent_ms": None, "all_good_sent": 0, "alerts_off": 0}
+
+    def set_reminder_choice(self, user_id: UserId, now_ms: int, *,
+                            opted_out: bool | None = None,
+                            snoozed_until_ms: int | Literal["keep"] | None = "keep",
+                            alerts_off: bool | None = None) -> None:
+        """The user's own choices (``!remind``, ``!alerts``); kept until they change them."""
+        row = self._reminder_row(user_id)
+        if opted_out is not None:
+            row["opted_out"] = int(opted_out)
+        if snoozed_until_ms != "keep":
+            row["snoozed_until_ms"] = snoozed_until_ms
+        if alerts_off is not None:
+            row["alerts_off"] = int(alerts_off)
+        row["updated_ms"] = now_ms
+        with self.db.atomic():
+            self._table("reminder_state").upsert(row, pk="user_id")
+
+    def alerts_off(self, user_id: UserId) -> bool:
+        return bool(self._reminder_row(user_id)["alerts_off"])
+
+    def enqueue(self, message: OutboxMessage, history: ReminderHistory | None = None) -> bool:
+        """Record a message to send, and (for reminders) the policy state after it, at once.
+
+        False if a message with this key was already recorded: the decision was taken before
+        (a replayed scan), so nothing new is queued and the state is not advanced twice.
+        """
+        with self.db.atomic():
+            cursor = self.db.execute(
+                "INSERT OR IGNORE INTO outbox (key, user_id, kind, txn_id, body, room_id, "
+                "status, attempts, created_ms) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?)",
+                [message.key, message.user_id, message.kind, message.txn_id, message.body,
+                 message.room_id, message.created_ms])
+            if cursor.rowcount != 1:
+                return False
+            if history is not None:
+                row = self._reminder_row(message.user_id)
+                row.update({"finding_key": history.finding_key,
+                            "sent_count": history.sent_count, "sent_total": history.sent_total,
+                            "last_sent_ms": history.last_sent_ms,
+                            "all_good_sent": int(history.all_good_sent),
+                            "updated_ms": message.created_ms})
+                self._table("reminder_state").upsert(row, pk="user_id")
+        return True
+
+    @staticmethod
+    def _outbox(row: dict[str, Any]) -> OutboxMessage:
+        return OutboxMessage(
+            key=row["key"], user_id=UserId(row["user_id"]), kind=row["kind"],
+            txn_id=row["txn_id"], body=row["body"],
+            room_id=RoomId(row["room_id"]) if row["room_id"] else None, status=row["status"],
+            attempts=int(row["attempts"] or 0), created_ms=int(row["created_ms"]),
+            sent_ms=row["sent_ms"], event_id=row["event_id"])
+
+    def pending_messages(self, limit: int = 1000) -> list[OutboxMessage]:
+        rows = self._table("outbox").rows_where("status = 'pending'", order_by="created_ms",
+                                                limit=limit)
+        return [self._outbox(r) for r in rows]
+
+    def outbox(self, user_id: UserId | None = None) -> list[OutboxMessage]:
+        where, args = ("user_id = ?", [user_id]) if user_id else (None, None)
+        return [self._outbox(r) for r in self._table("outbox").rows_where(
+            where, args, order_by="created_ms")]
+
+    def message_attempt(self, key: str, room_id: RoomId) -> None:
+        """Pin the room before the send, so a resend after a crash goes to the same room."""
+        with self.db.atomic():
+            self.db.execute("UPDATE outbox SET room_id = ?, attempts = attempts + 1 "
+                            "WHERE key = ?", [room_id, key])
+
+    def message_sent(self, key: str, event_id: str, now_ms: int) -> None:
+        with self.db.atomic():
+            self.db.execute("UPDATE outbox SET status = 'sent', event_id = ?, sent_ms = ? "
+                            "WHERE key = ?", [event_id, now_ms, key])
+
+    def message_failed(self, key: str) -> None:
+        """Given up (the user no longer exists, or the room refuses us)."""
+        with self.db.atomic():
+            self.db.execute("UPDATE outbox SET status = 'failed' WHERE key = ?", [key])
+
+    # -- sessions and identities seen ---------------------------------------------------------
+
+    def known_devices(self, user_id: UserId) -> dict[str, int]:
+        """Device ID → when the bot first saw it; empty for a user never looked at."""
+        rows = self.db.execute("SELECT device_id, first_seen_ms FROM known_devices "
+                               "WHERE user_id = ?", [user_id]).fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def remember_devices(self, user_id: UserId, device_ids: Iterable[str], now_ms: int) -> None:
+        with self.db.atomic():
+            self.db.conn.executemany(
+                "INSERT OR IGNORE INTO known_devices (user_id, device_id, first_seen_ms) "
+                "VALUES (?, ?, ?)", [(user_id, d, now_ms) for d in device_ids])
+
+    def known_master_key(self, user_id: UserId) -> str | None:
+        """None: never looked at this user; "": looked, no cross-signing identity then."""
+        row = self.db.execute("SELECT master_key FROM known_identities WHERE user_id = ?",
+                              [user_id]).fetchone()
+        return None if row is None else str(row[0] or "")
+
+    def remember_master_key(self, user_id: UserId, master_key: str, now_ms: int) -> None:
+        with self.db.atomic():
+            self._table("known_identities").upsert(
+                {"user_id": user_id, "master_key": master_key, "seen_ms": now_ms}, pk="user_id")
+
+    def record_alert(self, user_id: UserId, kind: str, devices: Iterable[str],
+                     now_ms: int) -> None:
+        with self.db.atomic():
+            self._table("alerts").insert({"user_id": user_id, "kind": kind,
+                                          "devices": ",".join(sorted(devices)), "at_ms": now_ms})
+
+    def alerts(self, user_id: UserId | None = None) -> list[dict[str, object]]:
+        where, args = ("user_id = ?", [user_id]) if user_id else (None, None)
+        return [dict(r) for r in self._table("alerts").rows_where(where, args, order_by="at_ms")]
 
     # -- direct messages --------------------------------------------------------------------
 

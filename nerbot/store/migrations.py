@@ -53,4 +53,36 @@ def build_migrations() -> Migrations:
         )
         db.table("guide_runs").create_index(["user_id", "ended_ms"])
 
+    @migrations(name="0004_reminders")
+    def reminders(db: Database) -> None:
+        # What the reminder policy remembers per user, plus the user's own choices.
+        db.table("reminder_state").create(
+            {"user_id": str, "opted_out": int, "snoozed_until_ms": int, "finding_key": str,
+             "sent_count": int, "sent_total": int, "last_sent_ms": int, "all_good_sent": int,
+             "alerts_off": int, "updated_ms": int},
+            pk="user_id",
+        )
+        # Transactional outbox: a message is recorded (with its deterministic transaction ID)
+        # in the same transaction as the state change, before it is sent; delivery retries it
+        # until the homeserver acknowledged it, reusing the transaction ID.
+        db.table("outbox").create(
+            {"key": str, "user_id": str, "kind": str, "txn_id": str, "body": str,
+             "room_id": str, "status": str, "attempts": int, "created_ms": int,
+             "sent_ms": int, "event_id": str},
+            pk="key",
+        )
+        db.table("outbox").create_index(["status", "created_ms"])
+        db.table("outbox").create_index(["user_id", "created_ms"])
+        # Sessions and identities the bot has seen, so a new one can be told apart.
+        db.table("known_devices").create(
+            {"user_id": str, "device_id": str, "first_seen_ms": int}, pk=("user_id", "device_id"),
+        )
+        db.table("known_identities").create(
+            {"user_id": str, "master_key": str, "seen_ms": int}, pk="user_id",
+        )
+        db.table("alerts").create(
+            {"user_id": str, "kind": str, "devices": str, "at_ms": int},
+        )
+        db.table("alerts").create_index(["user_id", "at_ms"])
+
     return migrations

@@ -1,0 +1,104 @@
+"""New-session and identity-reset alerts, seconds after ``/sync`` reports a device-list change.
+
+Changes are debounced per user (one message for a burst of logins), the keys are fetched fresh,
+and the pure ``review_sessions`` decides. Alerts go through the same outbox as reminders, so
+they are exactly-once too, and each is counted in the ``alerts`` table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Protocol
+
+from nerbot.domain.alerts import AlertDecision, alert_key, alert_txn_id, review_sessions
+from nerbot.domain.facts import KeyFacts
+from nerbot.ids import UserId
+from nerbot.outbox import OutboxSender
+from nerbot.ports import Clock
+from nerbot.runner import TaskRunner
+from nerbot.store import OutboxMessage, Store
+
+logger = logging.getLogger(__name__)
+
+
+class KeySource(Protocol):
+    async def facts(self, user_ids: Iterable[str], fresh: bool = False) -> dict[str, KeyFacts]:
+        ...
+
+
+class AlertText(Protocol):
+    def alert(self, user_id: UserId, decision: AlertDecision, first_seen_ms: int) -> str: ...
+
+
+class AlertService:
+    def __init__(self, store: Store, keys: KeySource, text: AlertText, outbox: OutboxSender,
+                 clock: Clock, runner: TaskRunner, bot_user: UserId, debounce_seconds: float,
+                 enabled: bool = True) -> None:
+        self.store = store
+        self.keys = keys
+        self.text = text
+        self.outbox = outbox
+        self.clock = clock
+        self.runner = runner
+        self.bot_user = bot_user
+        self.debounce_seconds = debounce_seconds
+        self.enabled = enabled
+        self._waiting: set[str] = set()
+
+    def devices_changed(self, user_ids: Iterable[str]) -> None:
+        """From sync: look at each user once the burst of changes has settled."""
+        if not self.enabled:
+            return
+        for user_id in user_ids:
+            if user_id == self.bot_user or user_id in self._waiting:
+                continue
+            self._waiting.add(user_id)
+            self.runner.spawn(self._after_debounce(UserId(user_id)),
+                              name=f"alert-check {user_id}")
+
+    async def _after_debounce(self, user_id: UserId) -> None:
+        await asyncio.sleep(self.debounce_seconds)
+        self._waiting.discard(user_id)  # a change during the check schedules another look
+        await self.check(user_id, fresh=True)
+
+    async def check(self, user_id: UserId, fresh: bool = False,
+                    facts: KeyFacts | None = None, deliver: bool = True
+                    ) -> AlertDecision | None:
+        """Compare the user's sessions and identity with what the bot saw before.
+
+        The reminder scan passes the facts it already has (and delivers once at its end);
+        sync-driven checks fetch them fresh.
+        """
+        if user_id == self.bot_user:
+            return None
+        if facts is None:
+            facts = (await self.keys.facts([user_id], fresh=fresh)).get(user_id)
+        if facts is None:
+            return None
+        now = self.clock.now_ms()
+        decision = review_sessions(self.store.known_devices(user_id),
+                                   self.store.known_master_key(user_id), facts)
+        if decision.alert and self.enabled and not self.store.alerts_off(user_id):
+            key = alert_key(user_id, decision)
+            body = self.text.alert(user_id, decision, now)
+            queued = self.store.enqueue(OutboxMessage(
+                key=key, user_id=user_id, kind="alert", txn_id=alert_txn_id(key), body=body,
+                room_id=None, status="pending", attempts=0, created_ms=now))
+            if queued:
+                devices = [d.device_id for d in decision.new_unsigned]
+                if devices:
+                    self.store.record_alert(user_id, "new_sessions", devices, now)
+                if decision.identity_reset:
+                    self.store.record_alert(user_id, "identity_reset", [], now)
+                logger.info("Alert for %s: %d new unverified session(s)%s", user_id,
+                            len(devices), ", identity reset" if decision.identity_reset else "")
+        # Remember only after the alert is recorded: a crash in between re-alerts, never loses.
+        if decision.remember_devices:
+            self.store.remember_devices(user_id, decision.remember_devices, now)
+        if decision.remember_master_key is not None:
+            self.store.remember_master_key(user_id, decision.remember_master_key, now)
+        if decision.alert and deliver:
+            await self.outbox.deliver()
+        return decision

@@ -1,0 +1,109 @@
+"""Deliver recorded messages exactly once, at a bounded rate.
+
+Reminders and alerts are first written to the ``outbox`` table (with a deterministic
+transaction ID) in the same transaction as the state change that decided them; this module
+sends what is pending. The room is pinned in the row before each send, so a send interrupted by
+a crash is repeated into the same room with the same transaction ID and the homeserver returns
+the first event instead of storing a second. Sends are sequential and paced at the configured
+ceiling; nio waits out a 429 with the server's ``retry_after_ms``, which pauses the whole run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from nerbot.errors import NerbotError
+from nerbot.ids import RoomId, UserId
+from nerbot.store import OutboxMessage, Store
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5
+
+
+class DmTransport(Protocol):
+    def dm_is_usable(self, room_id: RoomId, user_id: UserId) -> bool: ...
+
+    async def ensure_dm(self, user_id: UserId) -> RoomId: ...
+
+    async def send_notice(self, room_id: RoomId, markdown_text: str,
+                          txn_id: str | None = None) -> str | None: ...
+
+
+@dataclass
+class DeliveryStats:
+    sent: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+
+class Pacer:
+    """At most ``per_minute`` sends per minute, evenly spaced (no bursts to trip limits)."""
+
+    def __init__(self, per_minute: int, now: Callable[[], float]) -> None:
+        self.interval = 60.0 / per_minute
+        self.now = now
+        self._next = 0.0
+
+    def delay(self) -> float:
+        """Seconds to wait before the next send, and book that slot."""
+        now = self.now()
+        slot = max(now, self._next)
+        self._next = slot + self.interval
+        return slot - now
+
+
+class OutboxSender:
+    """Sends pending outbox messages; one delivery run at a time."""
+
+    def __init__(self, store: Store, transport: DmTransport, now_ms: Callable[[], int],
+                 per_minute: int) -> None:
+        self.store = store
+        self.transport = transport
+        self.now_ms = now_ms
+        self.pacer = Pacer(per_minute, lambda: asyncio.get_running_loop().time())
+        self._lock = asyncio.Lock()
+
+    async def deliver(self) -> DeliveryStats:
+        stats = DeliveryStats()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with self._lock:
+            while True:
+                batch = self.store.pending_messages(limit=200)
+                if not batch:
+                    break
+                for message in batch:
+                    if await self._send(message):
+                        stats.sent += 1
+                    else:
+                        stats.failed += 1
+                if all(m.attempts + 1 >= MAX_ATTEMPTS for m in batch) or stats.failed:
+                    break  # what failed stays pending for the next run, not a hot loop
+        stats.seconds = loop.time() - started
+        if stats.sent or stats.failed:
+            logger.info("Outbox: %d sent, %d failed in %.1f s", stats.sent, stats.failed,
+                        stats.seconds)
+        return stats
+
+    async def _send(self, message: OutboxMessage) -> bool:
+        room = message.room_id
+        try:
+            if room is None or not self.transport.dm_is_usable(room, message.user_id):
+                room = await self.transport.ensure_dm(message.user_id)  # re-created if left
+            self.store.message_attempt(message.key, room)
+            await asyncio.sleep(self.pacer.delay())
+            event_id = await self.transport.send_notice(room, message.body,
+                                                        txn_id=message.txn_id)
+        except (NerbotError, OSError, TimeoutError) as exc:
+            logger.warning("Outbox: %s to %s failed (attempt %d): %s", message.kind,
+                           message.user_id, message.attempts + 1, exc)
+            if message.attempts + 1 >= MAX_ATTEMPTS:
+                self.store.message_failed(message.key)
+            return False
+        self.store.message_sent(message.key, event_id or "", self.now_ms())
+        return True

@@ -1,0 +1,169 @@
+"""The reminder scan: assess everyone the bot serves, let the policy decide, record, deliver.
+
+Runs on APScheduler's ``AsyncIOScheduler`` in the bot's own event loop (every N or daily at a
+time of day). Decisions come from the pure policy (``nerbot.domain.reminders``); each due
+message is recorded in the outbox together with the policy state in one transaction *before*
+it is sent, so a crash at any point neither loses nor duplicates a reminder (see
+``nerbot.outbox``). A scan missed while the bot was down runs once at start, not once per
+missed interval (the last scan time is kept in the database).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from nerbot.config import RemindersConfig
+from nerbot.domain.assessment import UserReport
+from nerbot.domain.reminders import DecisionKind, ReminderDecision, decide, record_sent
+from nerbot.ids import UserId
+from nerbot.outbox import DeliveryStats, OutboxSender
+from nerbot.ports import Clock
+from nerbot.store import OutboxMessage, Store
+
+logger = logging.getLogger(__name__)
+
+LAST_SCAN_META = "reminders.last_scan_ms"
+
+
+class Assessor(Protocol):
+    async def assess(self, user_ids: list[str], fresh: bool = False
+                     ) -> dict[str, UserReport]: ...
+
+
+class ReminderText(Protocol):
+    def reminder(self, user_id: UserId, decision: ReminderDecision, report: UserReport) -> str:
+        ...
+
+    def all_good(self, user_id: UserId) -> str: ...
+
+
+@dataclass
+class ScanStats:
+    users: int = 0
+    queued: int = 0
+    held: dict[str, int] = dataclasses.field(default_factory=dict)
+    scan_seconds: float = 0.0
+    delivery: DeliveryStats | None = None
+
+
+class ReminderService:
+    def __init__(self, config: RemindersConfig, store: Store, hygiene: Assessor,
+                 audience: Callable[[], Awaitable[list[UserId]]], text: ReminderText,
+                 outbox: OutboxSender, clock: Clock,
+                 observe_keys: Callable[[UserId], Awaitable[object]] | None = None,
+                 monotonic: Callable[[], float] | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.hygiene = hygiene
+        self.audience = audience
+        self.text = text
+        self.outbox = outbox
+        self.clock = clock
+        self.observe_keys = observe_keys  # new-session detection for users sync doesn't cover
+        self.scheduler: Any = None
+        self._monotonic = monotonic or time.monotonic
+
+    # -- deciding ------------------------------------------------------------------------------
+
+    def decision_for(self, user_id: UserId, report: UserReport) -> ReminderDecision:
+        now = self.clock.now_ms()
+        record = self.store.touch_user(user_id, now)  # grace counts from the first look
+        history = self.store.reminder_history(user_id, record.first_seen_ms)
+        return decide(report, history, self.config.policy, now)
+
+    def queue(self, user_id: UserId, report: UserReport) -> ReminderDecision:
+        """Decide for one user and, if due, record the message and the new state at once."""
+        now = self.clock.now_ms()
+        record = self.store.touch_user(user_id, now)
+        history = dataclasses.replace(
+            self.store.reminder_history(user_id, record.first_seen_ms),
+            backup_opted_out="backup_opted_out" in report.notes)
+        decision = decide(report, history, self.config.policy, now)
+        if not decision.due:
+            return decision
+        assert decision.key is not None and decision.txn_id is not None
+        body = (self.text.reminder(user_id, decision, report)
+                if decision.kind is DecisionKind.REMIND else self.text.all_good(user_id))
+        message = OutboxMessage(key=decision.key, user_id=user_id, kind=decision.kind.value,
+                                txn_id=decision.txn_id, body=body, room_id=None,
+                                status="pending", attempts=0, created_ms=now)
+        self.store.enqueue(message, record_sent(history, decision, now))
+        return decision
+
+    async def scan(self, deliver: bool = True) -> ScanStats:
+        """One full pass: assess everyone served, queue what is due, then send it."""
+        stats = ScanStats()
+        started = self._monotonic()
+        users = await self.audience()
+        reports = await self.hygiene.assess(list(users))
+        for user_id in users:
+            report = reports.get(user_id)
+            if report is None:
+                continue
+            if self.observe_keys is not None:
+                await self.observe_keys(user_id)
+            decision = self.queue(user_id, report)
+            if decision.due:
+                stats.queued += 1
+            else:
+                stats.held[decision.reason] = stats.held.get(decision.reason, 0) + 1
+        stats.users = len(users)
+        stats.scan_seconds = self._monotonic() - started
+        self.store.set_meta(LAST_SCAN_META, str(self.clock.now_ms()))
+        logger.info("Reminder scan: %d users, %d queued, held %s (%.1f s)", stats.users,
+                    stats.queued, stats.held, stats.scan_seconds)
+        if deliver:
+            stats.delivery = await self.outbox.deliver()
+        return stats
+
+    # -- scheduling ------------------------------------------------------------------------
+
+    def scan_overdue(self) -> bool:
+        """A scan was missed (or never ran): run one now, however many were missed."""
+        last = self.store.get_meta(LAST_SCAN_META)
+        return last is None or self.clock.now_ms() - int(last) >= self.config.scan_every_ms
+
+    def start(self) -> None:
+        """Schedule scans in the running loop; pending sends and a missed scan run at once."""
+        if self.config.scan_at_minute is not None:
+            hour, minute = divmod(self.config.scan_at_minute, 60)
+            trigger: Any = CronTrigger(hour=hour, minute=minute,
+                                       timezone=self.config.policy.zone)
+        else:
+            trigger = IntervalTrigger(seconds=self.config.scan_every_ms / 1000)
+        scheduler = self.scheduler = AsyncIOScheduler(timezone=self.config.policy.zone)
+        # coalesce + one instance: a late or slow scan is never run twice over itself.
+        scheduler.add_job(self._scheduled_scan, trigger, id="reminder-scan", coalesce=True,
+                          max_instances=1, misfire_grace_time=None)
+        overdue = self.scan_overdue()
+        scheduler.add_job(self._startup, id="reminder-startup", kwargs={"scan": overdue})
+        scheduler.start()
+
+    async def _startup(self, scan: bool) -> None:
+        await self._guarded(self.outbox.deliver())  # what a crash left pending goes first
+        if scan:
+            await self._guarded(self.scan())
+
+    async def _scheduled_scan(self) -> None:
+        await self._guarded(self.scan())
+
+    async def _guarded(self, work: Awaitable[Any]) -> None:
+        try:
+            await work
+        except Exception:  # a failed scan is logged and retried next time, never fatal
+            logger.exception("Reminder run failed")
+
+    def stop(self) -> None:
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        self.scheduler = None
+
