@@ -101,8 +101,8 @@ def remind_commands(store: Store, hygiene: ReminderView,
     async def remind(ctx: CommandContext) -> None:
         args = [a.lower() for a in ctx.args]
         if not args:
-            await ctx.reply("remind.state_header")
-            await show_state(ctx)
+            await ctx.messenger.send_notice(
+                ctx.room_id, f"{ctx.t('remind.state_header')}\n\n{await state_text(ctx)}")
             return
         if args == ["off"] or (len(args) == 1 and args[0] in OFF_WORDS):
             store.set_reminder_choice(ctx.sender, now_ms(), opted_out=True,
@@ -123,19 +123,18 @@ def remind_commands(store: Store, hygiene: ReminderView,
         else:
             raise UsageError
 
-    async def show_state(ctx: CommandContext) -> None:
+    async def state_text(ctx: CommandContext) -> str:
         report = await hygiene.assess_one(ctx.sender)
         decision = decision_for(ctx.sender, report)
         if decision.reason == "opted_out":
-            await ctx.reply("remind.state_off")
-        elif decision.not_before_ms is None:
-            await ctx.reply("remind.state_nothing", mark=MARK["ok"])
-        else:
-            problems = ", ".join(ctx.t(f"remind.short.{f.kind.value}")
-                                 for f in decision.findings) or ctx.t("remind.short.all_good")
-            key = "remind.state_snoozed" if decision.reason == "snoozed" else "remind.state_next"
-            await ctx.reply(key, when=text.when(decision.not_before_ms, with_time=True),
-                            problems=problems)
+            return ctx.t("remind.state_off")
+        if decision.not_before_ms is None:
+            return ctx.t("remind.state_nothing", mark=MARK["ok"])
+        problems = ", ".join(ctx.t(f"remind.short.{f.kind.value}")
+                             for f in decision.findings) or ctx.t("remind.short.all_good")
+        key = "remind.state_snoozed" if decision.reason == "snoozed" else "remind.state_next"
+        return ctx.t(key, when=text.when(decision.not_before_ms, with_time=True),
+                     problems=problems)
 
     async def alerts(ctx: CommandContext) -> None:
         args = [a.lower() for a in ctx.args]

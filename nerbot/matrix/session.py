@@ -34,6 +34,7 @@ from nerbot.store import Store
 logger = logging.getLogger(__name__)
 
 DEVICE_ID_META = "device_id"
+MAX_RATE_LIMIT_RETRIES = 20
 
 # Errors that mean "the homeserver is unreachable right now": retried with backoff by the app.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -74,6 +75,9 @@ def _botlib_config(config: Config) -> botlib.Config:
     settings.ignore_unverified_devices = True  # reminders must reach unverified sessions
     settings.join_on_invite = False  # invites are decided by our own policy
     settings.store_path = str(config.crypto_store_dir) + os.sep
+    # simplematrixbotlib's default (0) turns every 429 into an error; let nio wait out the
+    # server's retry_after_ms instead, a bounded number of times per request.
+    settings.max_limit_exceeded = MAX_RATE_LIMIT_RETRIES
     return settings
 
 
