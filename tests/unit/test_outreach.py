@@ -169,3 +169,40 @@ def test_bad_reminder_config_is_named_by_key(key: str, value: object, problem: s
     with pytest.raises(ConfigError) as raised:
         config(**{key: value})
     assert problem in [k for k, _ in raised.value.problems], raised.value.problems
+
+
+# -- words ----------------------------------------------------------------------------------
+
+
+def test_reminder_and_alert_texts_name_sessions_dates_and_guides() -> None:
+    from zoneinfo import ZoneInfo
+
+    from nerbot.commands.remind import MessageText
+    from nerbot.domain.alerts import review_sessions
+    from nerbot.domain.assessment import AssessmentPolicy, assess_user
+    from nerbot.domain.facts import UserFacts
+    from nerbot.domain.reminders import ReminderSettings, decide
+    from nerbot.i18n import Catalog
+
+    store = Store(":memory:")
+    march_1 = 1_772_323_200_000  # 2026-03-01 00:00 UTC = 08:00 in Shanghai
+    store.touch_user(ALICE, march_1)
+    store.remember_devices(ALICE, ["OLD"], march_1)
+    text = MessageText(Catalog.load(), store, ZoneInfo("Asia/Shanghai"))
+    facts = UserFacts(ALICE, True, True, True,
+                      (DeviceFacts("GOOD", "laptop", True, True),
+                       DeviceFacts("OLD", "old phone", True, False)))
+    report = assess_user(facts, AssessmentPolicy(), march_1)
+    decision = decide(report, ReminderHistory(first_seen_ms=0),
+                      ReminderSettings(grace_ms=0, quiet_start_minute=0, quiet_end_minute=0),
+                      march_1)
+    store.set_language(ALICE, "zh", 1)
+    zh = text.reminder(ALICE, decision, report)
+    assert "**未验证**" in zh and "`OLD` old phone（我在 2026-03-01 第一次看到它）" in zh
+    assert "`!guide verify-sessions`" in zh and "!remind off" in zh and "GOOD" not in zh
+    store.set_language(ALICE, "en", 2)
+    now = KeyFacts(ALICE, True, True, "M2", (DeviceFacts("NEW", "stranger", True, False),))
+    alert = review_sessions({"GOOD": 1}, "M1", now)
+    en = text.alert(ALICE, alert, march_1)
+    assert "`NEW` stranger — noticed 2026-03-01 08:00" in en
+    assert "identity was reset" in en and "!alerts off" in en
