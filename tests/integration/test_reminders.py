@@ -58,6 +58,16 @@ async def user_with_dm(bot: NerbotApp, make_user: Any, make_peer: Any
     return user, peer, room_id
 
 
+async def reminding_bot(start_bot: Any, make_user: Any, make_peer: Any
+                        ) -> tuple[OffsetClock, NerbotApp, str, Any, Any, str]:
+    """A bot reminding with no grace, no quiet hours and a one-day backoff, plus one user."""
+    clock = OffsetClock()
+    bot = await start_bot(clock=clock, reminders={"grace": "0", "quiet_hours": "",
+                                                   "backoff": ["1d"]})
+    user, peer, room_id = await user_with_dm(bot, make_user, make_peer)
+    return clock, bot, bot.config.matrix.user_id, user, peer, room_id
+
+
 def reminders_of(bot: NerbotApp, user_id: str) -> list[Any]:
     assert bot.store is not None
     return [m for m in bot.store.outbox(UserId(user_id)) if m.kind != "alert"]
@@ -106,11 +116,8 @@ async def test_one_reminder_per_due_period_and_none_in_quiet_hours(
 async def test_snooze_and_opt_out_are_respected(
     start_bot: Any, make_user: Any, make_peer: Any
 ) -> None:
-    clock = OffsetClock()
-    bot = await start_bot(clock=clock, reminders={"grace": "0", "quiet_hours": "",
-                                                   "backoff": ["1d"]})
-    bot_id = bot.config.matrix.user_id
-    user, peer, room_id = await user_with_dm(bot, make_user, make_peer)
+    clock, bot, bot_id, user, peer, room_id = await reminding_bot(start_bot, make_user,
+                                                                  make_peer)
     assert "no reminders until" in await peer.ask(room_id, "!remind snooze 2d", bot_id)
     assert "`soon` is not a duration" in await peer.ask(room_id, "!remind snooze soon", bot_id)
     assert (await scan(bot)).held == {"snoozed": 1}
@@ -132,11 +139,8 @@ async def test_snooze_and_opt_out_are_respected(
 async def test_fixing_the_problem_stops_reminders_with_one_all_good_note(
     start_bot: Any, make_user: Any, make_peer: Any, synapse: Any
 ) -> None:
-    clock = OffsetClock()
-    bot = await start_bot(clock=clock, reminders={"grace": "0", "quiet_hours": "",
-                                                   "backoff": ["1d"]})
-    bot_id = bot.config.matrix.user_id
-    user, peer, room_id = await user_with_dm(bot, make_user, make_peer)
+    clock, bot, bot_id, user, peer, room_id = await reminding_bot(start_bot, make_user,
+                                                                  make_peer)
     assert (await scan(bot)).queued == 1
     await peer.wait_for_message(room_id, sender=bot_id)
 
@@ -159,11 +163,8 @@ async def test_fixing_the_problem_stops_reminders_with_one_all_good_note(
 async def test_a_dm_the_user_left_is_re_created(
     start_bot: Any, make_user: Any, make_peer: Any
 ) -> None:
-    clock = OffsetClock()
-    bot = await start_bot(clock=clock, reminders={"grace": "0", "quiet_hours": "",
-                                                   "backoff": ["1d"]})
-    bot_id = bot.config.matrix.user_id
-    user, peer, room_id = await user_with_dm(bot, make_user, make_peer)
+    clock, bot, bot_id, user, peer, room_id = await reminding_bot(start_bot, make_user,
+                                                                  make_peer)
     group = await peer.create_encrypted_room([bot_id])  # still served: they share this room
     await peer.wait_for_join(group, bot_id)
     assert (await scan(bot)).queued == 1
