@@ -29,7 +29,7 @@ class KeySource(Protocol):
 
 
 class AlertText(Protocol):
-    def alert(self, user_id: UserId, decision: AlertDecision, first_seen_ms: int) -> str: ...
+    def alert(self, user_id: UserId, decision: AlertDecision, noticed_ms: int) -> str: ...
 
 
 class AlertService:

@@ -32,6 +32,7 @@ from nerbot.store import OutboxMessage, Store
 logger = logging.getLogger(__name__)
 
 LAST_SCAN_META = "reminders.last_scan_ms"
+RETRY_SECONDS = 300
 
 
 class Assessor(Protocol):
@@ -144,6 +145,9 @@ class ReminderService:
         # coalesce + one instance: a late or slow scan is never run twice over itself.
         scheduler.add_job(self._scheduled_scan, trigger, id="reminder-scan", coalesce=True,
                           max_instances=1, misfire_grace_time=None)
+        # Sends that failed (server down, room refused) are retried soon, not at the next scan.
+        scheduler.add_job(self._retry_pending, IntervalTrigger(seconds=RETRY_SECONDS),
+                          id="outbox-retry", coalesce=True, max_instances=1)
         overdue = self.scan_overdue()
         scheduler.add_job(self._startup, id="reminder-startup", kwargs={"scan": overdue})
         scheduler.start()
@@ -152,6 +156,10 @@ class ReminderService:
         await self._guarded(self.outbox.deliver())  # what a crash left pending goes first
         if scan:
             await self._guarded(self.scan())
+
+    async def _retry_pending(self) -> None:
+        if self.store.pending_messages(limit=1):
+            await self._guarded(self.outbox.deliver())
 
     async def _scheduled_scan(self) -> None:
         await self._guarded(self.scan())

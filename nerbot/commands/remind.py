@@ -72,7 +72,7 @@ class MessageText:
     def all_good(self, user_id: UserId) -> str:
         return self._t(user_id, "remind.all_good", mark=MARK["party"])
 
-    def alert(self, user_id: UserId, decision: AlertDecision, first_seen_ms: int) -> str:
+    def alert(self, user_id: UserId, decision: AlertDecision, noticed_ms: int) -> str:
         lines: list[str] = []
         if decision.new_unsigned:
             lines.append(self._t(user_id, "alert.new_sessions", mark=MARK["warn"],
@@ -80,13 +80,13 @@ class MessageText:
             for device in decision.new_unsigned:
                 lines.append(self._t(user_id, "alert.session", device_id=device.device_id,
                                      name=device.display_name or "",
-                                     when=self.when(first_seen_ms, with_time=True)))
+                                     when=self.when(noticed_ms, with_time=True)))
             lines += ["", self._t(user_id, "alert.new_sessions_todo")]
         if decision.identity_reset:
             if lines:
                 lines.append("")
             lines.append(self._t(user_id, "alert.identity_reset", mark=MARK["warn"],
-                                 when=self.when(first_seen_ms, with_time=True)))
+                                 when=self.when(noticed_ms, with_time=True)))
         lines += ["", self._t(user_id, "alert.footer")]
         return "\n".join(lines)
 

@@ -72,8 +72,11 @@ class MatrixTransport:
         Rate limits (429) are waited out by nio with the server's ``retry_after_ms``.
         """
         lock = self._room_locks.setdefault(room_id, asyncio.Lock())
+        # A DM must never go out in plain text: nio encrypts only once its sync has processed
+        # the room's m.room.encryption state, which can lag behind the room itself.
+        must_encrypt = self.store.user_for_dm_room(room_id) is not None
         async with lock:
-            await self.wait_for_room(room_id)
+            await self.wait_for_room(room_id, encrypted=must_encrypt)
             response = await self.client.room_send(
                 room_id, event_type, content, tx_id=txn_id, ignore_unverified_devices=True
             )
@@ -81,14 +84,26 @@ class MatrixTransport:
             return str(response.event_id)
         raise SendFailed(f"sending to {room_id} failed: {getattr(response, 'message', response)}")
 
-    async def wait_for_room(self, room_id: RoomId, wait_seconds: float = 30.0) -> None:
-        """After a join, nio learns the room only with the next sync; sending earlier fails."""
+    async def wait_for_room(self, room_id: RoomId, wait_seconds: float = 30.0,
+                            encrypted: bool = False) -> None:
+        """After a join, nio learns the room only with the next sync; sending earlier fails.
+
+        With ``encrypted``, also wait until nio has seen the room's encryption state.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_seconds
-        while room_id not in self.client.rooms:
+
+        def ready() -> bool:
+            room = self.client.rooms.get(room_id)
+            return room is not None and (not encrypted or bool(room.encrypted))
+
+        while not ready():
             if loop.time() > deadline:
-                raise SendFailed(f"room {room_id} is not known after {wait_seconds:.0f} s")
-            await asyncio.sleep(0.1)
+                state = "known" if room_id in self.client.rooms else "not known"
+                raise SendFailed(f"room {room_id} is {state} but not ready as an encrypted "
+                                 f"room after {wait_seconds:.0f} s" if encrypted else
+                                 f"room {room_id} is not known after {wait_seconds:.0f} s")
+            await asyncio.sleep(0.05)
 
     # -- direct messages --------------------------------------------------------------------
 
@@ -123,7 +138,7 @@ class MatrixTransport:
             self.store.set_dm_room(user_id, room_id, self.clock.now_ms())
             await self.record_direct(user_id, room_id)
             logger.info("Opened a DM with %s: %s", user_id, room_id)
-            await self.wait_for_room(room_id)
+            await self.wait_for_room(room_id, encrypted=True)
             return room_id
 
     async def record_direct(self, user_id: UserId, room_id: RoomId) -> None:

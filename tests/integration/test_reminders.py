@@ -91,6 +91,7 @@ async def test_one_reminder_per_due_period_and_none_in_quiet_hours(
     first = await scan(bot)
     assert first.queued == 1 and first.delivery is not None and first.delivery.sent == 1
     message = await peer.wait_for_message(room_id, sender=bot_id, timeout=30)
+    assert message.decrypted, "a reminder must never travel in plain text"
     assert REMINDER in message.body and "**no cross-signing identity**" in message.body
     assert "`!guide backup`" in message.body and "!remind snooze 7d" in message.body
 
@@ -181,7 +182,7 @@ async def test_a_dm_the_user_left_is_re_created(
     new_room = bot.store.get_dm_room(user.user_id)
     assert new_room is not None and new_room != room_id
     message = await peer.wait_for_message(new_room, sender=bot_id, timeout=30)
-    assert REMINDER in message.body
+    assert REMINDER in message.body and message.decrypted
     assert [m.room_id for m in reminders_of(bot, user.user_id)] == [room_id, new_room]
 
 
@@ -207,7 +208,8 @@ async def test_a_rate_limit_is_waited_out_and_nothing_is_lost(
     assert any("429" in r.getMessage() for r in caplog.records), "no 429 was provoked"
     assert elapsed >= 1.0  # the retry waited the server's retry_after_ms
     for user, peer, room_id in people:
-        assert REMINDER in (await peer.wait_for_message(room_id, sender=bot_id)).body
+        message = await peer.wait_for_message(room_id, sender=bot_id)
+        assert REMINDER in message.body and message.decrypted
         assert [m.status for m in reminders_of(bot, user.user_id)] == ["sent"]
 
 
