@@ -442,7 +442,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help=f"a fast check with {QUICK_USERS} users (overrides --users)")
     parser.add_argument("--ceiling", type=int, default=120, metavar="PER_MINUTE",
-                        help="reminders.max_sends_per_minute for the run (default 600 = 10/s)")
+                        help="reminders.max_sends_per_minute for the run (default 120 = 2/s)")
     parser.add_argument("--send", type=int, default=None, metavar="N",
                         help="DM only N of the due users, spread over the outbox order "
                              "(default: all of them; the rest stay pending)")
