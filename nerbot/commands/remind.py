@@ -101,8 +101,12 @@ def remind_commands(store: Store, hygiene: ReminderView,
     async def remind(ctx: CommandContext) -> None:
         args = [a.lower() for a in ctx.args]
         if not args:
-            await ctx.messenger.send_notice(
-                ctx.room_id, f"{ctx.t('remind.state_header')}\n\n{await state_text(ctx)}")
+            state = f"{ctx.t('remind.state_header')}\n\n{await state_text(ctx)}"
+            if ctx.is_dm:
+                await ctx.messenger.send_notice(ctx.room_id, state)
+            else:  # what is pending names the user's problems: only in their DM
+                await ctx.messenger.send_dm(ctx.sender, state)
+                await ctx.reply("status.sent_dm", user=ctx.sender)
             return
         if args == ["off"] or (len(args) == 1 and args[0] in OFF_WORDS):
             store.set_reminder_choice(ctx.sender, now_ms(), opted_out=True,

@@ -166,9 +166,13 @@ async def test_a_dm_the_user_left_is_re_created(
 ) -> None:
     clock, bot, bot_id, user, peer, room_id = await reminding_bot(start_bot, make_user,
                                                                   make_peer)
-    group = await peer.create_encrypted_room([bot_id])  # still served: they share this room
+    friend = await make_peer(make_user("friend"))
+    group = await peer.create_encrypted_room([bot_id, friend.user_id])  # shared: still served
     await peer.wait_for_join(group, bot_id)
-    assert (await scan(bot)).queued == 1
+    await peer.wait_for_message(group, sender=bot_id)  # welcome
+    pointer = await peer.ask(group, "!remind", bot_id)  # pending problems: DM only
+    assert "encrypted direct chat" in pointer and "Pending" not in pointer
+    assert (await scan(bot)).queued == 2  # the user and their friend
     await peer.wait_for_message(room_id, sender=bot_id, predicate=lambda m: REMINDER in m.body)
     await peer.client.room_leave(room_id)
     assert bot.transport is not None
@@ -177,7 +181,7 @@ async def test_a_dm_the_user_left_is_re_created(
             break
         await asyncio.sleep(0.1)
     clock.advance(DAY_MS + 60_000)
-    assert (await scan(bot)).queued == 1
+    assert (await scan(bot)).queued == 2
     assert bot.store is not None
     new_room = bot.store.get_dm_room(user.user_id)
     assert new_room is not None and new_room != room_id
