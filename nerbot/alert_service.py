@@ -1,8 +1,9 @@
 """New-session and identity-reset alerts, seconds after ``/sync`` reports a device-list change.
 
-Changes are debounced per user (one message for a burst of logins), the keys are fetched fresh,
-and the pure ``review_sessions`` decides. Alerts go through the same outbox as reminders, so
-they are exactly-once too, and each is counted in the ``alerts`` table.
+Changes are debounced (one message per user for a burst of logins; one batched key query for
+everyone who changed), the keys are fetched fresh, and the pure ``review_sessions`` decides.
+Alerts go through the same outbox as reminders, so they are exactly-once too, and each is
+counted in the ``alerts`` table.
 """
 
 from __future__ import annotations
@@ -48,20 +49,29 @@ class AlertService:
         self._waiting: set[str] = set()
 
     def devices_changed(self, user_ids: Iterable[str]) -> None:
-        """From sync: look at each user once the burst of changes has settled."""
+        """From sync: look at the changed users once the burst has settled, in one batch."""
         if not self.enabled:
             return
-        for user_id in user_ids:
-            if user_id == self.bot_user or user_id in self._waiting:
-                continue
-            self._waiting.add(user_id)
-            self.runner.spawn(self._after_debounce(UserId(user_id)),
-                              name=f"alert-check {user_id}")
+        fresh = {u for u in user_ids if u != self.bot_user} - self._waiting
+        if not fresh:
+            return
+        start_timer = not self._waiting
+        self._waiting.update(fresh)
+        if start_timer:
+            self.runner.spawn(self._after_debounce(), name="alert-check")
 
-    async def _after_debounce(self, user_id: UserId) -> None:
+    async def _after_debounce(self) -> None:
         await asyncio.sleep(self.debounce_seconds)
-        self._waiting.discard(user_id)  # a change during the check schedules another look
-        await self.check(user_id, fresh=True)
+        users = sorted(self._waiting)
+        self._waiting.clear()  # a change during the checks starts the next batch
+        facts = await self.keys.facts(users, fresh=True)  # one batched /keys/query
+        queued = False
+        for user_id in users:
+            decision = await self.check(UserId(user_id), facts=facts.get(user_id),
+                                        deliver=False)
+            queued = queued or (decision is not None and decision.alert)
+        if queued:
+            await self.outbox.deliver()
 
     async def check(self, user_id: UserId, fresh: bool = False,
                     facts: KeyFacts | None = None, deliver: bool = True
@@ -75,7 +85,7 @@ class AlertService:
             return None
         if facts is None:
             facts = (await self.keys.facts([user_id], fresh=fresh)).get(user_id)
-        if facts is None:
+        if facts is None:  # the user is gone, or the server did not answer for them
             return None
         now = self.clock.now_ms()
         decision = review_sessions(self.store.known_devices(user_id),
