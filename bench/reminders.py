@@ -23,21 +23,17 @@ import functools
 import inspect
 import logging
 import pstats
-import secrets
 import statistics
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bench.scan import Setup, build_world, parallel  # the 2,000-user world of bench/scan.py
 from nerbot.app import NerbotApp
 from nerbot.config import Config, parse_config
-from nerbot.localdev.accounts import AccountBuilder, BuiltAccount
 from nerbot.localdev.synapse import LocalSynapse, SynapseError
 from nerbot.logs import configure_logging
 from nerbot.reminder_service import ScanStats
@@ -59,11 +55,6 @@ def verdict(ok: bool) -> str:
 
 def per_second(count: int, seconds: float) -> float:
     return count / seconds if seconds > 0 else float("inf")
-
-
-def parallel(items: Iterable[T], work: Callable[[T], Any], workers: int) -> list[Any]:
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(work, items))
 
 
 # -- instrumentation --------------------------------------------------------------------------
@@ -150,63 +141,6 @@ class SelectedOutbox:
 
 
 # -- setup (blocking; runs in a thread) ---------------------------------------------------------
-
-
-@dataclass
-class Setup:
-    synapse: LocalSynapse
-    bot_id: str
-    bot_password: str
-    room_id: str
-    accounts: list[BuiltAccount]
-    admin_token: str
-
-
-def build_world(synapse: LocalSynapse, users: int, seed: int, workers: int) -> Setup:
-    started = time.monotonic()
-    builder = AccountBuilder(synapse)
-    run = uuid.uuid4().hex[:6]
-    bot_password = secrets.token_urlsafe(12)
-    bot_id = synapse.register_user(f"nerbot-{run}", bot_password)
-
-    # Created from a temporary session (logged out again), so the bot's own device list is
-    # exactly the device it logs in with.
-    login = synapse.login(bot_id, bot_password, "bench-setup")
-    token = str(login["access_token"])
-    try:
-        room = synapse.request("POST", "/_matrix/client/v3/createRoom",
-                               {"preset": "public_chat", "name": "bench community"},
-                               token=token)
-    finally:
-        synapse.logout(token)
-    room_id = str(room["room_id"])
-    logger.info("Bot %s created room %s", bot_id, room_id)
-
-    t = time.monotonic()
-    accounts = builder.build_many(users, seed=seed, workers=workers, prefix=f"bench{run}")
-    logger.info("Built %d users in %.1f s", users, time.monotonic() - t)
-
-    t = time.monotonic()
-    done = 0
-
-    def join(account: BuiltAccount) -> None:
-        nonlocal done
-        builder.join_room(account, room_id)
-        done += 1  # only read for progress logs; a lost increment would not matter
-        if done % 250 == 0:
-            logger.info("  %d/%d joined (%.1f s)", done, users, time.monotonic() - t)
-
-    parallel(accounts, join, workers)
-    logger.info("Joined %d users to the room in %.1f s", users, time.monotonic() - t)
-
-    # For reading the DM rooms back; not given to the bot (scope "rooms" needs no admin API).
-    admin_password = secrets.token_urlsafe(12)
-    synapse.register_user(f"bench-admin-{run}", admin_password, admin=True)
-    admin_token = synapse.admin_access_token(f"bench-admin-{run}", admin_password)
-    # LocalSynapse already sets every rc_* limiter (rc_message included) to 100 000/s, so the
-    # send phase measures the bot, not Synapse's limiter; no per-user override is needed.
-    logger.info("Setup took %.1f s", time.monotonic() - started)
-    return Setup(synapse, bot_id, bot_password, room_id, accounts, admin_token)
 
 
 def bot_config(setup: Setup, data_dir: Path, ceiling: int) -> Config:
@@ -419,8 +353,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> list[str]:
         await asyncio.to_thread(synapse.start)
         logger.info("Synapse at %s (PID %s)", synapse.url, synapse.pid)
         setup_started = time.monotonic()
+        # The admin token only reads the DM rooms back; the bot never gets it.
         setup = await asyncio.to_thread(build_world, synapse, args.users, args.seed,
-                                        args.workers)
+                                        args.workers, True)
         setup_seconds = time.monotonic() - setup_started
 
         app = NerbotApp(bot_config(setup, workdir / "bot" / "data", args.ceiling))

@@ -72,10 +72,9 @@ async def timed(call: Callable[[], Awaitable[T]]) -> tuple[float, T]:
     return time.perf_counter() - started, result
 
 
-def parallel(items: Iterable[T], work: Callable[[T], Any], workers: int) -> None:
+def parallel(items: Iterable[T], work: Callable[[T], Any], workers: int) -> list[Any]:
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for _ in pool.map(work, items):
-            pass
+        return list(pool.map(work, items))
 
 
 # -- setup (blocking; runs in a thread) ---------------------------------------------------------
