@@ -12,6 +12,12 @@ from nerbot.matrix.session import TRANSIENT_ERRORS
 logger = logging.getLogger(__name__)
 
 SYNC_TIMEOUT_MS = 30_000
+# What the bot never reads: presence and typing/receipts. Each of those would wake the sync
+# loop (and cost a sync's worth of CPU) whenever anyone in a shared room comes online or types.
+SYNC_FILTER = {
+    "presence": {"not_types": ["*"]},
+    "room": {"ephemeral": {"not_types": ["*"]}},
+}
 MAX_BACKOFF_SECONDS = 60.0
 
 
@@ -34,7 +40,9 @@ class SyncLoop:
         while not self._stopping:
             try:
                 # full_state on the first sync: nio keeps no room state across restarts.
-                await self.client.sync_forever(timeout=SYNC_TIMEOUT_MS, full_state=True)
+                await self.client.sync_forever(timeout=SYNC_TIMEOUT_MS, full_state=True,
+                                               sync_filter=SYNC_FILTER,
+                                               first_sync_filter=SYNC_FILTER)
             except asyncio.CancelledError:
                 raise
             except TRANSIENT_ERRORS as exc:
