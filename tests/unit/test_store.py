@@ -105,3 +105,10 @@ def test_failed_migration_rolls_back(tmp_path: Path) -> None:
     assert "9999_broken" not in names
     db.close()
     assert isinstance(sqlite3.sqlite_version, str)
+
+
+def test_file_database_uses_wal_without_fsync_per_commit(tmp_path: Path) -> None:
+    store = Store(tmp_path / "nerbot.db")
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    store.close()
