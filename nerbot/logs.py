@@ -37,6 +37,7 @@ _LIBRARY_LEVELS = {
     "nio.crypto": logging.ERROR,
     "peewee": logging.WARNING,
     "aiohttp.access": logging.WARNING,
+    "apscheduler": logging.WARNING,  # "Running job …" for every scan; our scans log themselves
 }
 
 
