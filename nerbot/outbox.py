@@ -113,9 +113,10 @@ class OutboxSender:
             await asyncio.sleep(self.pacer.delay())
             event_id = await self.transport.send_notice(room, message.body,
                                                         txn_id=message.txn_id)
-        except (NerbotError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # one bad send must not stop the others; it is retried later
             logger.warning("Outbox: %s to %s failed (attempt %d): %s", message.kind,
-                           message.user_id, message.attempts + 1, exc)
+                           message.user_id, message.attempts + 1, exc,
+                           exc_info=not isinstance(exc, NerbotError | OSError | TimeoutError))
             if message.attempts + 1 >= MAX_ATTEMPTS:
                 self.store.message_failed(message.key)
             return False

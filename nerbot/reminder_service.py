@@ -23,7 +23,13 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from nerbot.config import RemindersConfig
 from nerbot.domain.assessment import UserReport
-from nerbot.domain.reminders import DecisionKind, ReminderDecision, decide, record_sent
+from nerbot.domain.reminders import (
+    DecisionKind,
+    ReminderDecision,
+    ReminderHistory,
+    decide,
+    record_sent,
+)
 from nerbot.ids import UserId
 from nerbot.outbox import DeliveryStats, OutboxSender
 from nerbot.ports import Clock
@@ -57,6 +63,8 @@ class ScanStats:
 
 
 class ReminderService:
+    """Owns the scan schedule; the policy decides, the outbox delivers."""
+
     def __init__(self, config: RemindersConfig, store: Store, hygiene: Assessor,
                  audience: Callable[[], Awaitable[list[UserId]]], text: ReminderText,
                  outbox: OutboxSender, clock: Clock,
@@ -75,19 +83,21 @@ class ReminderService:
 
     # -- deciding ------------------------------------------------------------------------------
 
-    def decision_for(self, user_id: UserId, report: UserReport) -> ReminderDecision:
-        now = self.clock.now_ms()
+    def _history(self, user_id: UserId, report: UserReport, now: int) -> ReminderHistory:
         record = self.store.touch_user(user_id, now)  # grace counts from the first look
-        history = self.store.reminder_history(user_id, record.first_seen_ms)
-        return decide(report, history, self.config.policy, now)
+        return dataclasses.replace(
+            self.store.reminder_history(user_id, record.first_seen_ms),
+            backup_opted_out="backup_opted_out" in report.notes)
+
+    def decision_for(self, user_id: UserId, report: UserReport) -> ReminderDecision:
+        """What the policy would do now (``!remind`` shows it); records nothing."""
+        now = self.clock.now_ms()
+        return decide(report, self._history(user_id, report, now), self.config.policy, now)
 
     def queue(self, user_id: UserId, report: UserReport) -> ReminderDecision:
         """Decide for one user and, if due, record the message and the new state at once."""
         now = self.clock.now_ms()
-        record = self.store.touch_user(user_id, now)
-        history = dataclasses.replace(
-            self.store.reminder_history(user_id, record.first_seen_ms),
-            backup_opted_out="backup_opted_out" in report.notes)
+        history = self._history(user_id, report, now)
         decision = decide(report, history, self.config.policy, now)
         if not decision.due:
             return decision
