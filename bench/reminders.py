@@ -25,17 +25,20 @@ import logging
 import pstats
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bench.scan import Setup, build_world, parallel  # the 2,000-user world of bench/scan.py
+from bench.scan import (  # the 2,000-user world of bench/scan.py
+    Setup,
+    build_world,
+    parallel,
+    run_and_print,
+)
 from nerbot.app import NerbotApp
 from nerbot.config import Config, parse_config
 from nerbot.localdev.synapse import LocalSynapse, SynapseError
-from nerbot.logs import configure_logging
 from nerbot.reminder_service import ScanStats
 from nerbot.store import OutboxMessage, Store
 
@@ -394,16 +397,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.users = QUICK_USERS
-    configure_logging("INFO")
-
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        lines = asyncio.run(run(args, args.workdir.resolve()))
-    else:
-        with tempfile.TemporaryDirectory(prefix="nerbot-bench-") as tmp:
-            lines = asyncio.run(run(args, Path(tmp)))
-    sys.stdout.write("\n".join(lines) + "\n")
-    return 0
+    return run_and_print(run, args)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -340,14 +340,19 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true",
                         help="cProfile (b) and (c); the top functions go to stderr")
     args = parser.parse_args()
-    configure_logging("INFO")
+    return run_and_print(run, args)
 
+
+def run_and_print(bench: Callable[[argparse.Namespace, Path], Coroutine[Any, Any, list[str]]],
+                  args: argparse.Namespace) -> int:
+    """Run a benchmark in ``--workdir`` (or a temporary one) and print its result lines."""
+    configure_logging("INFO")
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        lines = asyncio.run(run(args, args.workdir.resolve()))
+        lines = asyncio.run(bench(args, args.workdir.resolve()))
     else:
         with tempfile.TemporaryDirectory(prefix="nerbot-bench-") as tmp:
-            lines = asyncio.run(run(args, Path(tmp)))
+            lines = asyncio.run(bench(args, Path(tmp)))
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
