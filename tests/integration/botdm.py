@@ -17,6 +17,15 @@ async def open_dm(peer: Any, bot: NerbotApp) -> str:
     return str(room_id)
 
 
+async def open_group(peer: Any, bot: NerbotApp, others: list[str]) -> str:
+    """The peer opens an encrypted group room with the bot and ``others``; welcome read."""
+    bot_id = bot.config.matrix.user_id
+    room_id = await peer.create_encrypted_room([bot_id, *others])
+    await peer.wait_for_join(room_id, bot_id)
+    await peer.wait_for_message(room_id, sender=bot_id)  # the bot's welcome
+    return str(room_id)
+
+
 def adopt_peer(synapse: Any, user: Any, peer: Any) -> Any:
     """The builder's view of an account whose first device is a real E2EE peer."""
     from nerbot.localdev.accounts import BuiltAccount, BuiltDevice

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from botdm import adopt_peer, open_dm
+from botdm import adopt_peer, open_dm, open_group
 
 from nerbot.app import NerbotApp
 from nerbot.localdev.accounts import AccountBuilder
@@ -141,9 +141,7 @@ async def test_group_room_gets_a_pointer_and_the_guide_continues_in_the_dm(
     bot = await start_bot()
     bot_id = bot.config.matrix.user_id
     alice, bob = await make_peer(make_user("alice")), await make_peer(make_user("bob"))
-    group = await alice.create_encrypted_room([bot_id, bob.user_id])
-    await alice.wait_for_join(group, bot_id)
-    await alice.wait_for_message(group, sender=bot_id)  # welcome
+    group = await open_group(alice, bot, [bob.user_id])
     pointer = await alice.ask(group, "!guide verify-sessions", bot_id, timeout=60)
     assert alice.user_id in pointer and "私聊" in pointer and "第 1/" not in pointer
     assert bot.store is not None

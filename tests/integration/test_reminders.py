@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from botdm import adopt_peer, open_dm
+from botdm import adopt_peer, open_dm, open_group
 
 from nerbot.app import NerbotApp
 from nerbot.config import parse_config
@@ -167,9 +167,7 @@ async def test_a_dm_the_user_left_is_re_created(
     clock, bot, bot_id, user, peer, room_id = await reminding_bot(start_bot, make_user,
                                                                   make_peer)
     friend = await make_peer(make_user("friend"))
-    group = await peer.create_encrypted_room([bot_id, friend.user_id])  # shared: still served
-    await peer.wait_for_join(group, bot_id)
-    await peer.wait_for_message(group, sender=bot_id)  # welcome
+    group = await open_group(peer, bot, [friend.user_id])  # shared: still served
     pointer = await peer.ask(group, "!remind", bot_id)  # pending problems: DM only
     assert "encrypted direct chat" in pointer and "Pending" not in pointer
     assert (await scan(bot)).queued == 2  # the user and their friend

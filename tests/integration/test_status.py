@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from botdm import adopt_peer, open_dm
+from botdm import adopt_peer, open_dm, open_group
 
 from nerbot.app import NerbotApp
 
@@ -86,9 +86,7 @@ async def test_group_room_gets_no_details_and_others_are_refused(
     bot = await start_bot()
     bot_id = bot.config.matrix.user_id
     alice, bob = await make_peer(make_user("alice")), await make_peer(make_user("bob"))
-    group = await alice.create_encrypted_room([bot_id, bob.user_id])
-    await alice.wait_for_join(group, bot_id)
-    await alice.wait_for_message(group, sender=bot_id)  # welcome
+    group = await open_group(alice, bot, [bob.user_id])
     public = await alice.ask(group, "!backup-status", bot_id, timeout=60)
     assert (alice.user_id in public and "direct chat" not in public) or "私聊" in public
     assert alice.device_id not in public
