@@ -35,7 +35,7 @@ from nerbot.domain.guide import (
     start_guide,
     suggest_guide,
 )
-from nerbot.i18n import Catalog
+from nerbot.i18n import Catalog, Voice
 from nerbot.ids import UserId
 from nerbot.ports import Messenger
 from nerbot.store import Store
@@ -63,19 +63,13 @@ class GuideConversation:
         self.store = store
         self.hygiene = hygiene
         self.messenger = messenger
-        self.catalog = catalog
         self.now_ms = now_ms
+        self.voice = Voice(catalog, store.get_language)
 
     # -- text --------------------------------------------------------------------------------
 
-    def _lang(self, user_id: UserId) -> str:
-        return self.catalog.language(self.store.get_language(user_id))
-
-    def _t(self, user_id: UserId, key: str, **params: object) -> str:
-        return self.catalog.t(self._lang(user_id), key, **params)
-
     def _devices(self, user_id: UserId, devices: tuple[DeviceFacts, ...]) -> str:
-        return ", ".join(self._t(user_id, "guide.device", device_id=d.device_id,
+        return ", ".join(self.voice.t(user_id, "guide.device", device_id=d.device_id,
                                  name=d.display_name or "") for d in devices)
 
     def check_text(self, user_id: UserId, step_texts: Mapping[str, str] | None,
@@ -83,41 +77,44 @@ class GuideConversation:
         """The step's own passed/failed line, then what the server showed, concretely."""
         lines = []
         if step_texts:
-            lines.append(step_texts[self._lang(user_id)])
-        lines.append(self._t(user_id, f"guide.check.{check.reason.value}",
+            lines.append(step_texts[self.voice.language(user_id)])
+        lines.append(self.voice.t(user_id, f"guide.check.{check.reason.value}",
                              devices=self._devices(user_id, check.devices)))
         return "\n\n".join(lines)
 
-    def platform_of(self, user_id: UserId, report: UserReport | None) -> Platform:
+    async def platform_of(self, user_id: UserId, report: UserReport | None = None) -> Platform:
+        """The user's choice (``!platform``), else a guess from their session names."""
         chosen = PLATFORM_WORDS.get(self.store.get_platform(user_id) or "")
         if chosen is not None:
             return chosen
-        return guess_platform(s.device for s in report.sessions) if report else "web"
+        if report is None:
+            report = await self.hygiene.assess_one(user_id)
+        return guess_platform(s.device for s in report.sessions)
 
     def step_text(self, user_id: UserId, guide: Guide, progress: GuideProgress,
                   platform: Platform, before: str = "") -> str:
-        lang = self._lang(user_id)
+        lang = self.voice.language(user_id)
         step = guide.steps[progress.step]
-        parts = [self._t(user_id, "guide.step_header", title=guide.title[lang],
+        parts = [self.voice.t(user_id, "guide.step_header", title=guide.title[lang],
                          n=progress.step + 1, total=len(guide.steps))]
         if before:
             parts.append(before)
         parts.append(step.body(lang, platform))
         if step.has_variants:
-            parts.append(self._t(user_id, f"guide.platform_shown.{platform}"))
+            parts.append(self.voice.t(user_id, f"guide.platform_shown.{platform}"))
         parts.append(guide.footer[lang])
         return "\n\n".join(parts)
 
     def finished_text(self, user_id: UserId, guide: Guide, before: str,
                       report: UserReport | None) -> str:
-        lang = self._lang(user_id)
+        lang = self.voice.language(user_id)
         parts = [before] if before else []
-        parts.append(self._t(user_id, "guide.finished", mark=MARK["party"],
+        parts.append(self.voice.t(user_id, "guide.finished", mark=MARK["party"],
                              title=guide.title[lang]))
         parts.append(guide.summary[lang])
         suggestion = report.next_guide if report is not None and report.exists else None
         if suggestion and suggestion != guide.name:
-            parts.append(self._t(user_id, "guide.then", guide=suggestion))
+            parts.append(self.voice.t(user_id, "guide.then", guide=suggestion))
         return "\n\n".join(parts)
 
     # -- actions (each returns the text to send to the user) ---------------------------------
@@ -133,42 +130,42 @@ class GuideConversation:
         return guide, clamp(guide, progress)
 
     async def list_guides(self, user_id: UserId) -> str:
-        lang = self._lang(user_id)
+        lang = self.voice.language(user_id)
         report = await self.hygiene.assess_one(user_id)
         suggested = suggest_guide(report)
-        lines = [self._t(user_id, "guide.list_header"), ""]
+        lines = [self.voice.t(user_id, "guide.list_header"), ""]
         for name in self.library.names:
             guide = self.library.guides[name]
             key = "guide.list_line_suggested" if name == suggested else "guide.list_line"
-            lines.append(self._t(user_id, key, name=name, title=guide.title[lang]))
+            lines.append(self.voice.t(user_id, key, name=name, title=guide.title[lang]))
         lines.append("")
         current = self.active(user_id)
         if current is not None:
             guide, progress = current
-            lines.append(self._t(user_id, "guide.list_active", name=guide.name,
+            lines.append(self.voice.t(user_id, "guide.list_active", name=guide.name,
                                  n=progress.step + 1, total=len(guide.steps)))
-        lines.append(self._t(user_id, "guide.list_footer", name=suggested))
+        lines.append(self.voice.t(user_id, "guide.list_footer", name=suggested))
         return "\n".join(lines)
 
     async def begin(self, user_id: UserId, name: str) -> str:
         guide = self.library.get(name)
         if guide is None:
             close = self.library.close_match(name)
-            hint = self._t(user_id, "guide.did_you_mean", name=close) if close else ""
-            return self._t(user_id, "guide.unknown", name=name, hint=hint,
+            hint = self.voice.t(user_id, "guide.did_you_mean", name=close) if close else ""
+            return self.voice.t(user_id, "guide.unknown", name=name, hint=hint,
                            names=", ".join(f"`{n}`" for n in self.library.names))
         now = self.now_ms()
         current = self.active(user_id)
         report = await self.hygiene.assess_one(user_id, fresh=True)
-        platform = self.platform_of(user_id, report)
+        platform = await self.platform_of(user_id, report)
         if current is not None and current[0].name == guide.name:
             return self.step_text(user_id, guide, current[1], platform,
-                                  before=self._t(user_id, "guide.resumed"))
+                                  before=self.voice.t(user_id, "guide.resumed"))
         before = ""
         if current is not None:
             self.store.end_guide(user_id, "replaced", now)
-            lang = self._lang(user_id)
-            before = self._t(user_id, "guide.replaced", title=current[0].title[lang])
+            lang = self.voice.language(user_id)
+            before = self.voice.t(user_id, "guide.replaced", title=current[0].title[lang])
         progress = start_guide(guide, report, now)
         self.store.save_guide_progress(user_id, progress)
         logger.info("Guide %s started by %s", guide.name, user_id)
@@ -187,7 +184,7 @@ class GuideConversation:
     async def next(self, user_id: UserId) -> str:
         current = self.active(user_id)
         if current is None:
-            return self._t(user_id, "guide.none_active")
+            return self.voice.t(user_id, "guide.none_active")
         guide, progress = current
         check, report = await self.check(user_id, guide, progress)
         return await self._apply(user_id, guide, progress,
@@ -201,7 +198,7 @@ class GuideConversation:
             texts = step.check_passed if outcome.check.passed else step.check_failed
             before = self.check_text(user_id, texts, outcome.check)
         if outcome.move is Move.STAYED:
-            return "\n\n".join([before, self._t(user_id, "guide.stayed")])
+            return "\n\n".join([before, self.voice.t(user_id, "guide.stayed")])
         if outcome.move is Move.FINISHED:
             self.store.end_guide(user_id, "finished", self.now_ms())
             logger.info("Guide %s finished by %s", guide.name, user_id)
@@ -210,38 +207,33 @@ class GuideConversation:
             return self.finished_text(user_id, guide, before, report)
         assert outcome.progress is not None
         self.store.save_guide_progress(user_id, outcome.progress)
-        if report is None and guide.steps[outcome.progress.step].has_variants \
-                and self.store.get_platform(user_id) is None:
-            report = await self.hygiene.assess_one(user_id)
         return self.step_text(user_id, guide, outcome.progress,
-                              self.platform_of(user_id, report), before=before)
+                              await self.platform_of(user_id, report), before=before)
 
     async def back(self, user_id: UserId) -> str:
         current = self.active(user_id)
         if current is None:
-            return self._t(user_id, "guide.none_active")
+            return self.voice.t(user_id, "guide.none_active")
         guide, progress = current
         outcome = previous_step(progress, self.now_ms())
         assert outcome.progress is not None
         if outcome.move is Move.BACK:
             self.store.save_guide_progress(user_id, outcome.progress)
-        report = None if self.store.get_platform(user_id) else \
-            await self.hygiene.assess_one(user_id)
-        before = self._t(user_id, "guide.at_start") if outcome.move is Move.AT_START else ""
+        before = self.voice.t(user_id, "guide.at_start") if outcome.move is Move.AT_START else ""
         return self.step_text(user_id, guide, outcome.progress,
-                              self.platform_of(user_id, report), before=before)
+                              await self.platform_of(user_id), before=before)
 
     def stop(self, user_id: UserId) -> str:
         ended = self.store.end_guide(user_id, "stopped", self.now_ms())
         if ended is None:
-            return self._t(user_id, "guide.none_active")
+            return self.voice.t(user_id, "guide.none_active")
         guide = self.library.get(ended.guide)
-        title = guide.title[self._lang(user_id)] if guide else ended.guide
-        return self._t(user_id, "guide.stopped", title=title, name=ended.guide)
+        title = guide.title[self.voice.language(user_id)] if guide else ended.guide
+        return self.voice.t(user_id, "guide.stopped", title=title, name=ended.guide)
 
     async def set_platform(self, user_id: UserId, platform: Platform) -> str:
         self.store.set_platform(user_id, platform, self.now_ms())
-        text = self._t(user_id, f"guide.platform_set.{platform}")
+        text = self.voice.t(user_id, f"guide.platform_set.{platform}")
         current = self.active(user_id)
         if current is not None and current[0].steps[current[1].step].has_variants:
             return self.step_text(user_id, current[0], current[1], platform, before=text)
@@ -306,8 +298,7 @@ def guide_commands(conversation: GuideConversation) -> list[Command]:
 
     async def platform(ctx: CommandContext) -> None:
         if not ctx.args:
-            report = await conversation.hygiene.assess_one(ctx.sender)
-            current = conversation.platform_of(ctx.sender, report)
+            current = await conversation.platform_of(ctx.sender)
             await ctx.reply(f"guide.platform_current.{current}")
             return
         choice = PLATFORM_WORDS.get(ctx.args[0].lower())

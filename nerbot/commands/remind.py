@@ -14,9 +14,9 @@ from zoneinfo import ZoneInfo
 from nerbot.commands.registry import Command, CommandContext, UsageError
 from nerbot.commands.report_text import MARK
 from nerbot.domain.alerts import AlertDecision
-from nerbot.domain.assessment import FindingKind, UserReport
+from nerbot.domain.assessment import UserReport
 from nerbot.domain.reminders import ReminderDecision, parse_duration
-from nerbot.i18n import Catalog
+from nerbot.i18n import Catalog, Voice
 from nerbot.ids import UserId
 from nerbot.store import Store
 
@@ -28,15 +28,9 @@ class MessageText:
     """Reminder, all-good and alert messages in the recipient's language."""
 
     def __init__(self, catalog: Catalog, store: Store, zone: ZoneInfo) -> None:
-        self.catalog = catalog
         self.store = store
         self.zone = zone
-
-    def _lang(self, user_id: UserId) -> str:
-        return self.catalog.language(self.store.get_language(user_id))
-
-    def _t(self, user_id: UserId, key: str, **params: object) -> str:
-        return self.catalog.t(self._lang(user_id), key, **params)
+        self.voice = Voice(catalog, store.get_language)
 
     def when(self, ms: int, with_time: bool = False) -> str:
         moment = datetime.fromtimestamp(ms / 1000, self.zone)
@@ -49,7 +43,7 @@ class MessageText:
         for device_id in ids:
             since = seen.get(device_id)
             key = "remind.session_since" if since else "remind.session"
-            parts.append(self._t(user_id, key, device_id=device_id,
+            parts.append(self.voice.t(user_id, key, device_id=device_id,
                                  name=names.get(device_id, ""),
                                  since=self.when(since) if since else ""))
         return "\n".join(parts)
@@ -57,37 +51,37 @@ class MessageText:
     def reminder(self, user_id: UserId, decision: ReminderDecision, report: UserReport) -> str:
         record = self.store.get_user(user_id)
         since = self.when(record.first_seen_ms) if record else ""
-        lines = [self._t(user_id, "remind.intro"), ""]
+        lines = [self.voice.t(user_id, "remind.intro"), ""]
         for finding in decision.findings:
-            lines.append(self._t(user_id, f"remind.problem.{finding.kind.value}",
+            lines.append(self.voice.t(user_id, f"remind.problem.{finding.kind.value}",
                                  mark=MARK["warn"], since=since))
             if finding.device_ids:
                 lines.append(self._sessions(user_id, report, finding.device_ids))
         lines.append("")
         for guide in dict.fromkeys(f.guide for f in decision.findings):
-            lines.append(self._t(user_id, "remind.fix", guide=guide))
-        lines += ["", self._t(user_id, "remind.footer")]
+            lines.append(self.voice.t(user_id, "remind.fix", guide=guide))
+        lines += ["", self.voice.t(user_id, "remind.footer")]
         return "\n".join(lines)
 
     def all_good(self, user_id: UserId) -> str:
-        return self._t(user_id, "remind.all_good", mark=MARK["party"])
+        return self.voice.t(user_id, "remind.all_good", mark=MARK["party"])
 
     def alert(self, user_id: UserId, decision: AlertDecision, noticed_ms: int) -> str:
         lines: list[str] = []
         if decision.new_unsigned:
-            lines.append(self._t(user_id, "alert.new_sessions", mark=MARK["warn"],
+            lines.append(self.voice.t(user_id, "alert.new_sessions", mark=MARK["warn"],
                                  count=len(decision.new_unsigned)))
             for device in decision.new_unsigned:
-                lines.append(self._t(user_id, "alert.session", device_id=device.device_id,
+                lines.append(self.voice.t(user_id, "alert.session", device_id=device.device_id,
                                      name=device.display_name or "",
                                      when=self.when(noticed_ms, with_time=True)))
-            lines += ["", self._t(user_id, "alert.new_sessions_todo")]
+            lines += ["", self.voice.t(user_id, "alert.new_sessions_todo")]
         if decision.identity_reset:
             if lines:
                 lines.append("")
-            lines.append(self._t(user_id, "alert.identity_reset", mark=MARK["warn"],
+            lines.append(self.voice.t(user_id, "alert.identity_reset", mark=MARK["warn"],
                                  when=self.when(noticed_ms, with_time=True)))
-        lines += ["", self._t(user_id, "alert.footer")]
+        lines += ["", self.voice.t(user_id, "alert.footer")]
         return "\n".join(lines)
 
 
@@ -155,5 +149,3 @@ def remind_commands(store: Store, hygiene: ReminderView,
     return [Command("remind", remind, aliases=("提醒",)),
             Command("alerts", alerts, aliases=("警报",))]
 
-
-SHORT_KINDS = tuple(k.value for k in FindingKind)

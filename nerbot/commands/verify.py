@@ -10,7 +10,7 @@ import emoji as emoji_lib
 
 from nerbot.commands.registry import Command, CommandContext, UsageError
 from nerbot.errors import VerificationRefused
-from nerbot.i18n import Catalog
+from nerbot.i18n import Catalog, Voice
 from nerbot.i18n.catalog import SasEmoji
 from nerbot.ids import RoomId, UserId
 from nerbot.ports import Messenger
@@ -32,22 +32,18 @@ class VerificationConversation:
     def __init__(self, messenger: Messenger, catalog: Catalog, table: list[SasEmoji],
                  language_of: Callable[[UserId], str | None]) -> None:
         self.messenger = messenger
-        self.catalog = catalog
         self.table = table
-        self.language_of = language_of
+        self.voice = Voice(catalog, language_of)
         # Called after a successful verification (the practice walkthrough moves on).
         self.on_verified: list[Callable[[UserId], Awaitable[None]]] = []
 
-    def _t(self, user_id: UserId, key: str, **params: object) -> str:
-        return self.catalog.t(self.catalog.language(self.language_of(user_id)), key, **params)
-
     def sas_text(self, user_id: UserId, indices: tuple[int, ...],
                  decimals: tuple[int, int, int]) -> str:
-        lang = self.catalog.language(self.language_of(user_id))
+        lang = self.voice.language(user_id)
         # The spec table's names, so they read exactly as in Element.
         shown = "  ".join(f"{self.table[i].emoji} {self.table[i].names[lang]}" for i in indices)
         numbers = " ".join(str(n) for n in decimals)
-        return self._t(user_id, "verify.sas", emoji=shown, numbers=numbers)
+        return self.voice.t(user_id, "verify.sas", emoji=shown, numbers=numbers)
 
     async def show_sas(self, user_id: UserId, emoji: tuple[int, ...],
                        decimals: tuple[int, int, int]) -> None:
@@ -56,7 +52,7 @@ class VerificationConversation:
     async def verified(self, user_id: UserId, device_id: str, identity: bool) -> None:
         mark = emoji_lib.emojize(":check_mark_button:")
         key = "verify.verified_identity" if identity else "verify.verified_device"
-        await self.messenger.send_dm(user_id, self._t(user_id, key, mark=mark,
+        await self.messenger.send_dm(user_id, self.voice.t(user_id, key, mark=mark,
                                                       device_id=device_id))
         for listener in self.on_verified:
             try:
@@ -66,18 +62,18 @@ class VerificationConversation:
 
     async def cancelled(self, user_id: UserId, code: str, by_us: bool) -> None:
         if code == "m.user":
-            text = self._t(user_id, "verify.cancelled_user")
+            text = self.voice.t(user_id, "verify.cancelled_user")
         elif code == "m.timeout":
-            text = self._t(user_id, "verify.cancelled_timeout")
+            text = self.voice.t(user_id, "verify.cancelled_timeout")
         elif code in MISMATCH_CODES:
-            text = self._t(user_id, "verify.cancelled_mismatch",
+            text = self.voice.t(user_id, "verify.cancelled_mismatch",
                            mark=emoji_lib.emojize(":cross_mark:"))
         else:
-            text = self._t(user_id, "verify.cancelled_other", code=code)
+            text = self.voice.t(user_id, "verify.cancelled_other", code=code)
         await self.messenger.send_dm(user_id, text)
 
     async def refused(self, user_id: UserId, reason: str) -> None:
-        await self.messenger.send_dm(user_id, self._t(user_id, f"verify.{reason}"))
+        await self.messenger.send_dm(user_id, self.voice.t(user_id, f"verify.{reason}"))
 
 
 def verify_commands(verifier: Verifier, ensure_dm: Callable[[UserId], Awaitable[RoomId]]

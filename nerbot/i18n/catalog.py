@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import string
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
+
+from nerbot.ids import UserId
 
 Language = Literal["zh", "en"]
 LANGUAGES: tuple[Language, ...] = ("zh", "en")
@@ -85,6 +88,20 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[dotted] = str(value)
     return flat
+
+
+@dataclass(frozen=True, slots=True)
+class Voice:
+    """The catalog speaking to one person at a time, in the language they chose."""
+
+    catalog: Catalog
+    language_of: Callable[[UserId], str | None]
+
+    def language(self, user_id: UserId) -> Language:
+        return self.catalog.language(self.language_of(user_id))
+
+    def t(self, user_id: UserId, key: str, **params: Any) -> str:
+        return self.catalog.t(self.language(user_id), key, **params)
 
 
 def load_sas_emoji() -> list[SasEmoji]:
