@@ -22,7 +22,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from nerbot.config import RemindersConfig
-from nerbot.domain.assessment import UserReport
+from nerbot.domain.assessment import DAY_MS, UserReport
 from nerbot.domain.reminders import (
     DecisionKind,
     ReminderDecision,
@@ -90,7 +90,7 @@ class ReminderService:
             backup_opted_out="backup_opted_out" in report.notes)
 
     def decision_for(self, user_id: UserId, report: UserReport) -> ReminderDecision:
-        """What the policy would do now (``!remind`` shows it); records nothing."""
+        """What the policy would do now (``!remind`` shows it); queues and sends nothing."""
         now = self.clock.now_ms()
         return decide(report, self._history(user_id, report, now), self.config.policy, now)
 
@@ -141,7 +141,8 @@ class ReminderService:
     def scan_overdue(self) -> bool:
         """A scan was missed (or never ran): run one now, however many were missed."""
         last = self.store.get_meta(LAST_SCAN_META)
-        return last is None or self.clock.now_ms() - int(last) >= self.config.scan_every_ms
+        period = DAY_MS if self.config.scan_at_minute is not None else self.config.scan_every_ms
+        return last is None or self.clock.now_ms() - int(last) >= period
 
     def start(self) -> None:
         """Schedule scans in the running loop; pending sends and a missed scan run at once."""

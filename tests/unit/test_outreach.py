@@ -206,3 +206,31 @@ def test_reminder_and_alert_texts_name_sessions_dates_and_guides() -> None:
     en = text.alert(ALICE, alert, march_1)
     assert "`NEW` stranger — noticed 2026-03-01 08:00" in en
     assert "identity was reset" in en and "!alerts off" in en
+
+
+def test_a_missed_scan_is_overdue_after_one_period_of_the_configured_schedule() -> None:
+    import dataclasses
+
+    from nerbot.config import RemindersConfig
+    from nerbot.reminder_service import LAST_SCAN_META, ReminderService
+
+    class Clock:
+        now = 10 * DAY_MS
+
+        def now_ms(self) -> int:
+            return self.now
+
+    store, clock = Store(":memory:"), Clock()
+
+    def service(config: RemindersConfig) -> ReminderService:
+        return ReminderService(config, store, None, None, None, None, clock)  # type: ignore[arg-type]
+
+    every_6h = RemindersConfig(scan_every_ms=6 * 3600 * 1000)
+    daily = dataclasses.replace(every_6h, scan_at_minute=600)
+    assert service(every_6h).scan_overdue()  # never scanned
+    store.set_meta(LAST_SCAN_META, str(clock.now))
+    clock.now += 7 * 3600 * 1000
+    assert service(every_6h).scan_overdue()
+    assert not service(daily).scan_overdue()  # daily at 10:00: 7 h is not a missed scan
+    clock.now += 18 * 3600 * 1000
+    assert service(daily).scan_overdue()
