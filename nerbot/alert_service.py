@@ -67,8 +67,9 @@ class AlertService:
         facts = await self.keys.facts(users, fresh=True)  # one batched /keys/query
         queued = False
         for user_id in users:
-            decision = await self.check(UserId(user_id), facts=facts.get(user_id),
-                                        deliver=False)
+            if user_id not in facts:  # gone, or the server did not answer: nothing to compare
+                continue
+            decision = await self.check(UserId(user_id), facts=facts[user_id], deliver=False)
             queued = queued or (decision is not None and decision.alert)
         if queued:
             await self.outbox.deliver()
