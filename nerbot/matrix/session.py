@@ -24,10 +24,13 @@ from cryptography.fernet import InvalidToken
 from nerbot.config import Config
 from nerbot.errors import NerbotError
 from nerbot.ids import DeviceId
+from nerbot.matrix import schemafix
 from nerbot.matrix.storefix import (
     bind_store_once,
     memoize_store_lookups,
+    save_sync_tokens_directly,
     use_write_ahead_log,
+    write_trust_files_only_on_change,
 )
 from nerbot.store import Store
 
@@ -93,6 +96,7 @@ class _LibraryOutput(io.TextIOBase):
 async def open_session(config: Config, store: Store) -> MatrixSession:
     """Restore the stored session or log in (reusing the known device ID)."""
     config.storage.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    schemafix.install()
     creds = botlib.Creds(
         homeserver=config.matrix.homeserver,
         username=config.matrix.user_id,
@@ -135,6 +139,8 @@ async def open_session(config: Config, store: Store) -> MatrixSession:
     bind_store_once(client.store)
     use_write_ahead_log(client.store)
     memoize_store_lookups(client.store)
+    save_sync_tokens_directly(client.store)
+    write_trust_files_only_on_change(client.store)
     os.chmod(config.session_path, 0o600)
     store.set_meta(DEVICE_ID_META, str(client.device_id))
     logger.info("Logged in as %s on device %s (%s)", client.user_id, client.device_id,

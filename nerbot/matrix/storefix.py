@@ -75,6 +75,55 @@ def memoize_store_lookups(store: Any) -> bool:
     return True
 
 
+def save_sync_tokens_directly(store: Any) -> bool:
+    """Save nio's sync token with one prepared statement instead of peewee's query builder.
+
+    nio saves the token after every sync (``SyncTokens.replace``): building that query cost
+    as much CPU as the rest of the store together. The statement is the one peewee sends,
+    ``INSERT OR REPLACE`` into the same table (unique per account), on the store's own
+    database, so ``load_sync_token`` reads it back unchanged.
+    """
+    database = getattr(store, "database", None)
+    get_account = getattr(store, "_get_account", None)
+    if database is None or get_account is None or not hasattr(store, "save_sync_token") or \
+            not hasattr(database, "execute_sql"):
+        return False
+    from nio.store.models import SyncTokens
+    meta = SyncTokens._meta
+    statement = (f'INSERT OR REPLACE INTO "{meta.table_name}" '
+                 f'("{SyncTokens.token.column_name}", "{SyncTokens.account.column_name}") '
+                 f"VALUES (?, ?)")
+
+    def save_sync_token(token: str) -> None:
+        account = get_account()
+        assert account is not None, "nio saves a sync token only once it has an account"
+        database.execute_sql(statement, (token, account.id))
+
+    store.save_sync_token = save_sync_token
+    return True
+
+
+TRUST_FILES = ("trust_db", "blacklist_db", "ignore_db")
+
+
+def write_trust_files_only_on_change(store: Any) -> bool:
+    """Stop nio rewriting (and fsyncing) trust files it did not change.
+
+    Marking a device verified removes it from the blacklist and ignore files first, and nio
+    rewrites each file atomically, with two fsyncs, even when the device was not in it: three
+    file rewrites per verification where one changes anything.
+    """
+    files: list[Any] = [getattr(store, name, None) for name in TRUST_FILES]
+    if not all(hasattr(f, "check") and hasattr(f, "remove") for f in files):
+        return False
+    for trust_file in files:
+        def remove_if_present(key: Any, trust_file: Any = trust_file,
+                              remove: Any = trust_file.remove) -> bool:
+            return bool(remove(key)) if trust_file.check(key) else False
+        trust_file.remove = remove_if_present
+    return True
+
+
 WAL_PRAGMAS = (("journal_mode", "wal"), ("synchronous", 1))  # 1 = NORMAL
 
 

@@ -5,10 +5,16 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from nio.crypto import OlmAccount
+from nio.crypto import OlmAccount, OlmDevice
 from nio.store import DefaultStore
 
-from nerbot.matrix.storefix import bind_store_once, memoize_store_lookups, use_write_ahead_log
+from nerbot.matrix.storefix import (
+    bind_store_once,
+    memoize_store_lookups,
+    save_sync_tokens_directly,
+    use_write_ahead_log,
+    write_trust_files_only_on_change,
+)
 
 
 def stores(tmp_path: Path) -> tuple[DefaultStore, DefaultStore]:
@@ -91,3 +97,42 @@ def test_write_ahead_log_is_on_and_survives_reconnects(tmp_path: Path) -> None:
     assert ours.database.execute_sql("PRAGMA synchronous").fetchone()[0] == 1
     ours.save_sync_token("after")
     assert ours.load_sync_token() == "after"
+
+
+def test_sync_token_saved_directly_reads_back_through_nio(tmp_path: Path) -> None:
+    ours, other = stores(tmp_path)
+    memoize_store_lookups(ours)
+    assert save_sync_tokens_directly(ours)
+    ours.save_sync_token("s1")
+    other.save_sync_token("theirs")
+    ours.save_sync_token("s2")  # replaces: one row per account, as with peewee's replace()
+    assert ours.load_sync_token() == "s2" and other.load_sync_token() == "theirs"
+    rows = ours.database.execute_sql('SELECT COUNT(*) FROM "synctokens"').fetchone()[0]
+    assert rows == 1
+
+
+def test_sync_token_survives_a_reopened_store(tmp_path: Path) -> None:
+    ours, _ = stores(tmp_path)
+    save_sync_tokens_directly(ours)
+    ours.save_sync_token("before-restart")
+    ours.database.close()
+    reopened = DefaultStore("@a:hs", "A", str(tmp_path / "a"))
+    assert reopened.load_sync_token() == "before-restart"
+
+
+def test_trust_files_are_rewritten_only_when_they_change(tmp_path: Path) -> None:
+    ours, _ = stores(tmp_path)
+    assert write_trust_files_only_on_change(ours)
+    device = OlmDevice("@peer:hs", "PEER", {"ed25519": "ZWQ", "curve25519": "Y3Y"})
+    files = {name: Path(getattr(ours, name)._filename) for name in
+             ("trust_db", "blacklist_db", "ignore_db")}
+    ours.blacklist_device(device)
+    assert files["blacklist_db"].read_text().strip()
+    before = {name: (p.stat().st_mtime_ns if p.exists() else None) for name, p in files.items()}
+    ours.verify_device(device)  # leaves the blacklist (a change), was never ignored (none)
+    assert ours.is_device_verified(device) and not ours.is_device_blacklisted(device)
+    assert not files["blacklist_db"].read_text().strip()
+    assert (files["ignore_db"].stat().st_mtime_ns if files["ignore_db"].exists() else None) \
+        == before["ignore_db"]
+    reopened = DefaultStore("@a:hs", "A", str(tmp_path / "a"))
+    assert reopened.is_device_verified(device) and not reopened.is_device_blacklisted(device)
