@@ -21,6 +21,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -61,13 +62,15 @@ class SigningKey:
     def generate(cls) -> SigningKey:
         return cls(bytes(ECC.generate(curve="Ed25519").seed))
 
+    @cached_property
     def _ecc(self) -> Any:
+        # Deriving the key from the seed is the costly part of each signature: once per key.
         return ECC.construct(curve="Ed25519", seed=self.seed)
 
-    @property
+    @cached_property
     def public(self) -> str:
         """The public key as unpadded base64 (the form Matrix uses everywhere)."""
-        return encode_base64(self._ecc().public_key().export_key(format="raw"))
+        return encode_base64(self._ecc.public_key().export_key(format="raw"))
 
     @property
     def key_id(self) -> str:
@@ -76,7 +79,7 @@ class SigningKey:
 
     def sign(self, message: bytes) -> str:
         """An Ed25519 signature of ``message`` as unpadded base64."""
-        return encode_base64(eddsa.new(self._ecc(), "rfc8032").sign(message))
+        return encode_base64(eddsa.new(self._ecc, "rfc8032").sign(message))
 
     def __repr__(self) -> str:
         return f"SigningKey({self.key_id})"

@@ -29,15 +29,24 @@ class SendFailed(NerbotError):
     """The homeserver refused a message."""
 
 
-def render_notice(markdown_text: str) -> dict[str, Any]:
-    """An ``m.notice`` with a plain body and HTML rendered from the same markdown."""
-    html = markdown.markdown(markdown_text, extensions=["nl2br"])
-    return {
-        "msgtype": "m.notice",
-        "body": markdown_text,
-        "format": "org.matrix.custom.html",
-        "formatted_body": html,
-    }
+class NoticeRenderer:
+    """Renders ``m.notice`` content: a plain body and HTML from the same markdown.
+
+    One ``Markdown`` instance, reset between messages: building a new one per message (what
+    ``markdown.markdown`` does) cost two thirds of the rendering.
+    """
+
+    def __init__(self) -> None:
+        self._markdown = markdown.Markdown(extensions=["nl2br"])
+
+    def render(self, markdown_text: str) -> dict[str, Any]:
+        html = self._markdown.reset().convert(markdown_text)
+        return {
+            "msgtype": "m.notice",
+            "body": markdown_text,
+            "format": "org.matrix.custom.html",
+            "formatted_body": html,
+        }
 
 
 class MatrixTransport:
@@ -54,12 +63,14 @@ class MatrixTransport:
         self.http = http
         self.store = store
         self.clock = clock
+        self.renderer = NoticeRenderer()
         self._room_locks: dict[str, asyncio.Lock] = {}
         self._dm_locks: dict[str, asyncio.Lock] = {}
 
     async def send_notice(self, room_id: RoomId, markdown_text: str,
                           txn_id: str | None = None) -> str | None:
-        return await self.send_content(room_id, render_notice(markdown_text), txn_id=txn_id)
+        return await self.send_content(room_id, self.renderer.render(markdown_text),
+                                       txn_id=txn_id)
 
     async def send_content(
         self, room_id: RoomId, content: dict[str, Any], event_type: str = "m.room.message",

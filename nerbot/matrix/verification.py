@@ -284,7 +284,7 @@ class VerificationService:
         """Sign the verified master key with our user-signing key; trust the device in nio."""
         user = active.flow.their_user
         for olm_device in self.client.device_store.active_user_devices(user):
-            if olm_device.id == verified.device_id:
+            if olm_device.id == verified.device_id and not olm_device.verified:
                 self.client.verify_device(olm_device)
         keys = self.cross_signing()
         if verified.master_key is None or keys is None or active.master_key is None:

@@ -92,11 +92,16 @@ class Store:
 
     # -- meta -------------------------------------------------------------------------------
 
+    # The lookups below run on every message the bot sends or handles; plain SELECTs, as
+    # sqlite-utils' ``Table.get`` re-reads the table's schema on each call.
+
+    def _one(self, sql: str, args: list[Any]) -> tuple[Any, ...] | None:
+        row = self.db.execute(sql, args).fetchone()
+        return tuple(row) if row is not None else None
+
     def get_meta(self, key: str) -> str | None:
-        try:
-            return str(self._table("meta").get(key)["value"])
-        except NotFoundError:
-            return None
+        row = self._one("SELECT value FROM meta WHERE key = ?", [key])
+        return str(row[0]) if row is not None else None
 
     def set_meta(self, key: str, value: str) -> None:
         with self.db.atomic():
@@ -105,11 +110,11 @@ class Store:
     # -- users ------------------------------------------------------------------------------
 
     def get_user(self, user_id: UserId) -> UserRecord | None:
-        try:
-            row = self._table("users").get(user_id)
-        except NotFoundError:
+        row = self._one("SELECT user_id, language, first_seen_ms FROM users WHERE user_id = ?",
+                        [user_id])
+        if row is None:
             return None
-        return UserRecord(UserId(row["user_id"]), row["language"], int(row["first_seen_ms"]))
+        return UserRecord(UserId(row[0]), row[1], int(row[2]))
 
     def touch_user(self, user_id: UserId, now_ms: int) -> UserRecord:
         """Record that the bot has seen this user (first-seen time is kept from the first call)."""
@@ -331,14 +336,12 @@ class Store:
     # -- direct messages --------------------------------------------------------------------
 
     def get_dm_room(self, user_id: UserId) -> RoomId | None:
-        try:
-            return RoomId(self._table("dm_rooms").get(user_id)["room_id"])
-        except NotFoundError:
-            return None
+        row = self._one("SELECT room_id FROM dm_rooms WHERE user_id = ?", [user_id])
+        return RoomId(row[0]) if row is not None else None
 
     def user_for_dm_room(self, room_id: RoomId) -> UserId | None:
-        rows = list(self._table("dm_rooms").rows_where("room_id = ?", [room_id], limit=1))
-        return UserId(rows[0]["user_id"]) if rows else None
+        row = self._one("SELECT user_id FROM dm_rooms WHERE room_id = ? LIMIT 1", [room_id])
+        return UserId(row[0]) if row is not None else None
 
     def set_dm_room(self, user_id: UserId, room_id: RoomId, now_ms: int) -> None:
         """Remember the DM with a user (one per user; a newer DM replaces the old one)."""

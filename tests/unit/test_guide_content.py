@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import emoji
+import markdown
 import pytest
 
 from nerbot.domain.guide import Checkpoint, GuideLibrary
-from nerbot.matrix.transport import render_notice
+from nerbot.matrix.transport import NoticeRenderer
 
 DATA = Path(__file__).resolve().parents[2] / "nerbot" / "guides" / "data"
 GUIDES = ("backup", "new-device", "verify-sessions", "verify-user", "practice")
@@ -167,6 +168,7 @@ def test_longest_rendered_message_fits(guide: dict[str, Any]) -> None:
         for table in ("check_failed", "check_passed")
         for lang in LANGUAGES
     ]
+    renderer = NoticeRenderer()
     for step in guide["steps"]:
         for lang in LANGUAGES:
             for text in step_variants(step, lang).values():
@@ -178,7 +180,10 @@ def test_longest_rendered_message_fits(guide: dict[str, Any]) -> None:
                         guide["footer"][lang],
                     ]
                 )
-                content = render_notice(message)
+                content = renderer.render(message)
+                # one renderer for all messages: nothing carries over from the one before
+                assert content["formatted_body"] == markdown.markdown(message,
+                                                                     extensions=["nl2br"])
                 size = len(json.dumps(content, ensure_ascii=False).encode("utf-8"))
                 assert size < MAX_EVENT_BYTES, f"{guide['name']}.{step['id']}: {size} bytes"
                 assert content["formatted_body"].strip()
