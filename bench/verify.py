@@ -10,8 +10,10 @@ event loop, so driving the peers is not counted. Everything runs on 127.0.0.1 an
 the end.
 
     uv run python bench/verify.py [--parallel 10] [--repeats 5] [--profile]
+        [--transports to_device in_room] [--modes both|sequential|parallel]
 
-``--profile`` prints a cProfile of the bot's thread (start-up included) to stderr.
+``--profile`` prints a cProfile of the bot's thread while it verifies to stderr;
+``--profile-out FILE`` also saves it for ``pstats`` (callers, callees).
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from nerbot.app import NerbotApp
 from nerbot.config import parse_config
@@ -96,6 +99,36 @@ async def floor(a: Person, b: Person, transport: str) -> float:
     return time.perf_counter() - started
 
 
+class RequestCounter:
+    """Counts the bot's HTTP requests by kind (sync, room send, to-device, other), wrapping
+    the two places every request goes through: nio's ``send`` and our ``MatrixHttp``."""
+
+    def __init__(self, app: NerbotApp) -> None:
+        self.counts: Counter[str] = Counter()
+        assert app.session is not None and app.http is not None
+        client, http = app.session.client, app.http
+        nio_send, our_request = client.send, http.request
+
+        async def counted_send(method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+            self.counts[self.kind(path)] += 1
+            return await nio_send(method, path, *args, **kwargs)
+
+        async def counted_request(method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+            self.counts[self.kind(path)] += 1
+            return await our_request(method, path, *args, **kwargs)
+
+        client.send = counted_send
+        http.request = counted_request  # type: ignore[method-assign]
+
+    @staticmethod
+    def kind(path: str) -> str:
+        for marker, kind in (("/sync", "sync"), ("/sendToDevice/", "to-device"),
+                             ("/send/", "room send"), ("/keys/query", "keys query")):
+            if marker in path:
+                return kind
+        return "other"
+
+
 class BotThread:
     """The bot on its own event loop in its own thread, so its CPU time is measured alone
     (``time.thread_time`` in that thread), apart from this script driving the js peers."""
@@ -104,9 +137,7 @@ class BotThread:
         self.app = app
         self.profiler = profiler
         self.loop = asyncio.new_event_loop()
-        run = self.loop.run_forever
-        target = (lambda: profiler.runcall(run)) if profiler is not None else run
-        self.thread = threading.Thread(target=target, name="bot", daemon=True)
+        self.thread = threading.Thread(target=self.loop.run_forever, name="bot", daemon=True)
         self.thread.start()
 
     async def call(self, coro: Awaitable[T]) -> T:
@@ -119,6 +150,13 @@ class BotThread:
             return time.thread_time()
         return await self.call(thread_time())
 
+    async def profiling(self, on: bool) -> None:
+        """cProfile watches one thread: switch it from inside the bot's."""
+        async def switch() -> None:
+            if self.profiler is not None:
+                (self.profiler.enable if on else self.profiler.disable)()
+        await self.call(switch())
+
     async def stop(self) -> None:
         await self.call(self.app.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -128,11 +166,16 @@ class BotThread:
 async def measure(runs: list[Callable[[], Awaitable[float]]], parallel: bool,
                   bot: BotThread | None = None) -> tuple[list[float], float]:
     cpu = await bot.cpu() if bot is not None else 0.0
+    if bot is not None:
+        await bot.profiling(True)
     if parallel:
         walls = list(await asyncio.gather(*(run() for run in runs)))
     else:
         walls = [await run() for run in runs]
-    return walls, (await bot.cpu() - cpu) if bot is not None else 0.0
+    if bot is None:
+        return walls, 0.0
+    await bot.profiling(False)
+    return walls, await bot.cpu() - cpu
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -153,7 +196,8 @@ async def main(args: argparse.Namespace) -> int:
              "verification": {"max_per_hour": 100, "max_cancels_per_hour": 100}},
             {"NERBOT_PASSWORD": password}, workdir)
         app = NerbotApp(config)
-        profiler = cProfile.Profile() if args.profile else None
+        # CPU time, not wall time: waiting on the homeserver is not what we are after
+        profiler = cProfile.Profile(time.thread_time) if args.profile or args.profile_out else None
         bot = BotThread(app, profiler)
         await bot.call(app.start())
         assert app.session is not None
@@ -173,10 +217,14 @@ async def main(args: argparse.Namespace) -> int:
                                  q.peer.call("track", user_id=p.user_id, device_id=p.device_id))
             q.room_id = room  # the floor pair's DM, used for in-room floor runs
         out.write(f"setup done: {n} people + {n} floor partners, bot device {bot_device}\n")
+        out.flush()
 
+        counter = RequestCounter(app)
         rows = []
-        for transport in ("to_device", "in_room"):
-            for parallel in (False, True):
+        request_rows: list[str] = []
+        for transport in args.transports:
+            for parallel in {"both": (False, True), "sequential": (False,),
+                             "parallel": (True,)}[args.modes]:
                 def bot_run(p: Person, t: str = transport) -> Callable[[], Awaitable[float]]:
                     return lambda: with_bot(p, bot_id, bot_device, t)
 
@@ -194,11 +242,16 @@ async def main(args: argparse.Namespace) -> int:
                     bot_runs = [bot_run(people[0]) for _ in range(args.repeats)]
                     floor_runs = [floor_run(people[0], partners[0])
                                   for _ in range(args.repeats)]
+                before = Counter(counter.counts)
                 bot_walls, bot_cpu = await measure(bot_runs, parallel, bot)
+                requests = counter.counts - before
                 floor_walls, _ = await measure(floor_runs, parallel)
-                rows.append((transport, "parallel" if parallel else "sequential",
-                             statistics.median(bot_walls), statistics.median(floor_walls),
-                             bot_cpu / len(bot_runs)))
+                mode = "parallel" if parallel else "sequential"
+                rows.append((transport, mode, statistics.median(bot_walls),
+                             statistics.median(floor_walls), bot_cpu / len(bot_runs)))
+                per_run = ", ".join(f"{kind} {n / len(bot_runs):.1f}"
+                                    for kind, n in sorted(requests.items()))
+                request_rows.append(f"{transport:<11} {mode:<11} {per_run}")
         out.write("\ntransport   mode        bot median  floor median  bot/floor  "
                   "bot CPU/verification\n")
         for transport, mode, bot_med, floor_med, cpu in rows:
@@ -206,6 +259,7 @@ async def main(args: argparse.Namespace) -> int:
             out.write(f"{transport:<11} {mode:<11} {bot_med * 1000:8.0f} ms {floor_med * 1000:9.0f}"
                       f" ms  {ratio:8.2f} {'PASS' if ratio <= 1.5 else 'MISS'}  "
                       f"{cpu * 1000:8.1f} ms {'PASS' if cpu <= 0.020 else 'MISS'}\n")
+        out.write("\nbot's HTTP requests per verification\n" + "\n".join(request_rows) + "\n")
         async def read_records() -> list[dict[str, object]]:
             return app.store.verifications() if app.store else []
         records = await bot.call(read_records())  # SQLite: only from the bot's thread
@@ -216,12 +270,14 @@ async def main(args: argparse.Namespace) -> int:
         await asyncio.gather(*(p.peer.close() for p in people), return_exceptions=True)
         if bot is not None:
             await bot.stop()
-            if bot.profiler is not None:  # the whole bot thread, set-up included
+            if bot.profiler is not None:  # the bot's thread during the measured runs
                 text = io.StringIO()
                 stats = pstats.Stats(bot.profiler, stream=text)
                 stats.sort_stats("cumulative").print_stats(50)
                 stats.sort_stats("tottime").print_stats(35)
                 sys.stderr.write(text.getvalue())
+                if args.profile_out:
+                    stats.dump_stats(args.profile_out)
         await asyncio.to_thread(synapse.stop)
 
 
@@ -229,5 +285,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parallel", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--transports", nargs="+", choices=("to_device", "in_room"),
+                        default=["to_device", "in_room"])
+    parser.add_argument("--modes", choices=("both", "sequential", "parallel"), default="both")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile-out", metavar="FILE")
     raise SystemExit(asyncio.run(main(parser.parse_args())))
