@@ -378,22 +378,21 @@ class Store:
     def verification_started(self, txn: str, user_id: UserId, device_id: str | None,
                              direction: str, transport: str, now_ms: int) -> None:
         with self.db.atomic():
-            self._table("verifications").upsert(
-                {"txn": txn, "user_id": user_id, "device_id": device_id or "",
-                 "direction": direction, "transport": transport, "started_ms": now_ms,
-                 "ended_ms": None, "result": "pending", "cancel_code": None,
-                 "master_key_signed": 0}, pk="txn")
+            self.db.execute(
+                "INSERT OR REPLACE INTO verifications (txn, user_id, device_id, direction, "
+                "transport, started_ms, ended_ms, result, cancel_code, master_key_signed) "
+                "VALUES (?, ?, ?, ?, ?, ?, NULL, 'pending', NULL, 0)",
+                [txn, user_id, device_id or "", direction, transport, now_ms])
 
     def verification_ended(self, txn: str, result: str, now_ms: int,
                            cancel_code: str | None = None, device_id: str | None = None,
                            master_key_signed: bool = False) -> None:
-        updates: dict[str, object] = {"ended_ms": now_ms, "result": result,
-                                      "cancel_code": cancel_code,
-                                      "master_key_signed": int(master_key_signed)}
-        if device_id:
-            updates["device_id"] = device_id
         with self.db.atomic():
-            self._table("verifications").update(txn, updates)
+            self.db.execute(
+                "UPDATE verifications SET ended_ms = ?, result = ?, cancel_code = ?, "
+                "master_key_signed = ?, device_id = COALESCE(NULLIF(?, ''), device_id) "
+                "WHERE txn = ?",
+                [now_ms, result, cancel_code, int(master_key_signed), device_id or "", txn])
 
     def verifications(self, user_id: UserId | None = None) -> list[dict[str, object]]:
         where, args = ("user_id = ?", [user_id]) if user_id else (None, None)

@@ -112,3 +112,22 @@ def test_file_database_uses_wal_without_fsync_per_commit(tmp_path: Path) -> None
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     store.close()
+
+
+def test_verification_record_from_start_to_end(tmp_path: Path) -> None:
+    store = Store(tmp_path / "bot.db")
+    alice = UserId("@alice:hs")
+    store.verification_started("t1", alice, None, "incoming", "in_room", 1_000)
+    store.verification_started("t2", alice, "DEV", "outgoing", "to_device", 2_000)
+    assert [r["result"] for r in store.verifications(alice)] == ["pending", "pending"]
+    store.verification_ended("t1", "verified", 4_500, device_id="PHONE",
+                             master_key_signed=True)
+    store.verification_ended("t2", "cancelled", 3_000, cancel_code="m.user")
+    first, second = store.verifications(alice)
+    assert (first["device_id"], first["result"], first["master_key_signed"],
+            first["duration_ms"]) == ("PHONE", "verified", 1, 3_500)
+    # no device given at the end: the one known from the start is kept
+    assert (second["device_id"], second["result"], second["cancel_code"],
+            second["duration_ms"]) == ("DEV", "cancelled", "m.user", 1_000)
+    assert store.verification_attempts_since(alice, 1_500) == ["cancelled"]
+    assert store.verified_since(alice, 4_000) and not store.verified_since(alice, 5_000)
