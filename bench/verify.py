@@ -186,6 +186,7 @@ async def main(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="nerbot-bench-verify-"))
     synapse = LocalSynapse(workdir / "synapse")
     people: list[Person] = []
+    partners: list[Person] = []
     bot: BotThread | None = None
     out = sys.stdout
     try:
@@ -273,7 +274,9 @@ async def main(args: argparse.Namespace) -> int:
         out.write(f"\nbot records: {len(records)} verifications, {verified} verified\n")
         return 0
     finally:
-        await asyncio.gather(*(p.peer.close() for p in people), return_exceptions=True)
+        # every js peer started, the floor partners too: a live node child outlives the run
+        await asyncio.gather(*(p.peer.close() for p in people + partners),
+                             return_exceptions=True)
         if bot is not None:
             await bot.stop()
             if bot.profiler is not None:  # the bot's thread during the measured runs
