@@ -39,3 +39,13 @@ def adopt_peer(synapse: Any, user: Any, peer: Any) -> Any:
                          device_keys)
     return BuiltAccount(user.user_id, user.localpart, user.password,
                         devices={peer.device_id: device})
+
+
+async def start_admin_login_bot(start_bot: Any, make_user: Any, synapse: Any,
+                                **options: Any) -> NerbotApp:
+    """A bot with a server admin's token and ``backup_check = "admin-login"``: it reads
+    account data (secret storage, backup) and session last-seen times."""
+    admin = make_user("admin", admin=True)
+    token = synapse.admin_access_token(admin.localpart, admin.password)
+    bot: NerbotApp = await start_bot(admin_token=token, backup_check="admin-login", **options)
+    return bot

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from botdm import adopt_peer, open_dm, open_group
+from botdm import adopt_peer, open_dm, open_group, start_admin_login_bot
 
 from nerbot.app import NerbotApp
 from nerbot.localdev.accounts import AccountBuilder
@@ -66,9 +66,7 @@ async def test_backup_guide_checks_the_server_and_survives_a_restart(
 async def test_backup_checkpoint_sees_the_backup_with_the_admin_api(
     start_bot: Any, make_user: Any, make_peer: Any, synapse: Any
 ) -> None:
-    admin = make_user("admin", admin=True)
-    token = synapse.admin_access_token(admin.localpart, admin.password)
-    bot = await start_bot(admin_token=token, backup_check="admin-login")
+    bot = await start_admin_login_bot(start_bot, make_user, synapse)
     user = make_user()
     peer = await make_peer(user)
     room_id = await open_dm(peer, bot)

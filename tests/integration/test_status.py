@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from botdm import adopt_peer, open_dm, open_group
+from botdm import adopt_peer, open_dm, open_group, start_admin_login_bot
 
 from nerbot.app import NerbotApp
 
@@ -39,9 +39,7 @@ async def test_user_without_cross_signing_gets_full_report_with_inference(
 async def test_admin_login_backup_check_sees_backup_on_and_off(
     start_bot: Any, make_user: Any, make_peer: Any, synapse: Any
 ) -> None:
-    admin = make_user("admin", admin=True)
-    token = synapse.admin_access_token(admin.localpart, admin.password)
-    bot = await start_bot(admin_token=token, backup_check="admin-login")
+    bot = await start_admin_login_bot(start_bot, make_user, synapse)
     peer = await make_peer(make_user())
     room_id = await open_dm(peer, bot)
     await peer.ask(room_id, "!lang en", bot.config.matrix.user_id)
@@ -204,9 +202,7 @@ async def test_key_storage_turned_off_on_purpose_is_respected(
 
     from nerbot.localdev.accounts import AccountBuilder
 
-    admin = make_user("admin", admin=True)
-    token = synapse.admin_access_token(admin.localpart, admin.password)
-    bot = await start_bot(admin_token=token, backup_check="admin-login")
+    bot = await start_admin_login_bot(start_bot, make_user, synapse)
     user = make_user()
     peer = await make_peer(user)
     room_id = await open_dm(peer, bot)

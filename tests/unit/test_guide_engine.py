@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from fakes import DmRecorder
 
 from nerbot.commands.guide import GuideConversation
 from nerbot.commands.registry import IncomingText
@@ -191,20 +192,8 @@ class Hygiene:
         return self.current
 
 
-class Messenger:
-    def __init__(self) -> None:
-        self.dms: list[str] = []
-
-    async def send_notice(self, room_id: RoomId, markdown: str) -> str | None:
-        return None
-
-    async def send_dm(self, user_id: UserId, markdown: str) -> RoomId:
-        self.dms.append(markdown)
-        return RoomId("!dm:hs")
-
-
-def conversation(current: UserReport) -> tuple[GuideConversation, Store, Hygiene, Messenger]:
-    store, hygiene, messenger = Store(":memory:"), Hygiene(current), Messenger()
+def conversation(current: UserReport) -> tuple[GuideConversation, Store, Hygiene, DmRecorder]:
+    store, hygiene, messenger = Store(":memory:"), Hygiene(current), DmRecorder()
     store.set_language(ALICE, "en", 0)
     return (GuideConversation(LIBRARY, store, hygiene, messenger, Catalog.load(), lambda: 100),
             store, hygiene, messenger)

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
+from fakes import DmRecorder
+
 from nerbot.commands.verify import VerificationConversation
 from nerbot.domain.verification import VerificationLimits
 from nerbot.i18n import Catalog
 from nerbot.i18n.catalog import load_sas_emoji
-from nerbot.ids import RoomId, UserId
+from nerbot.ids import UserId
 
 ALICE = UserId("@alice:hs")
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.dms: list[str] = []
-
-    async def send_notice(self, room_id: RoomId, markdown: str) -> str | None:
-        return None
-
-    async def send_dm(self, user_id: UserId, markdown: str) -> RoomId:
-        self.dms.append(markdown)
-        return RoomId("!dm:hs")
-
-
-def conversation(lang: str | None) -> tuple[VerificationConversation, Recorder]:
-    recorder = Recorder()
+def conversation(lang: str | None) -> tuple[VerificationConversation, DmRecorder]:
+    recorder = DmRecorder()
     return VerificationConversation(recorder, Catalog.load(), load_sas_emoji(),
                                     lambda user: lang), recorder
 
