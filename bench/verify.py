@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bench.cpusampler import CpuSampler
 from nerbot.app import NerbotApp
 from nerbot.config import parse_config
 from nerbot.localdev.jspeer import PEER_DIR, JsPeer, ensure_installed
@@ -135,12 +136,14 @@ class BotThread:
     """The bot on its own event loop in its own thread, so its CPU time is measured alone
     (``time.thread_time`` in that thread), apart from this script driving the js peers."""
 
-    def __init__(self, app: NerbotApp, profiler: cProfile.Profile | None = None) -> None:
+    def __init__(self, app: NerbotApp, profiler: cProfile.Profile | None = None,
+                 sample: bool = False) -> None:
         self.app = app
         self.profiler = profiler
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="bot", daemon=True)
         self.thread.start()
+        self.sampler = CpuSampler(self.thread) if sample else None
 
     async def call(self, coro: Awaitable[T]) -> T:
         async def wrapped() -> T:
@@ -154,6 +157,9 @@ class BotThread:
 
     async def profiling(self, on: bool) -> None:
         """cProfile watches one thread: switch it from inside the bot's."""
+        if self.sampler is not None:
+            (self.sampler.start if on else self.sampler.stop)()
+
         async def switch() -> None:
             if self.profiler is not None:
                 (self.profiler.enable if on else self.profiler.disable)()
@@ -201,7 +207,7 @@ async def main(args: argparse.Namespace) -> int:
         app = NerbotApp(config)
         # CPU time, not wall time: waiting on the homeserver is not what we are after
         profiler = cProfile.Profile(time.thread_time) if args.profile or args.profile_out else None
-        bot = BotThread(app, profiler)
+        bot = BotThread(app, profiler, sample=args.sample)
         await bot.call(app.start())
         assert app.session is not None
         bot_device = app.session.device_id
@@ -279,6 +285,8 @@ async def main(args: argparse.Namespace) -> int:
                              return_exceptions=True)
         if bot is not None:
             await bot.stop()
+            if bot.sampler is not None:
+                sys.stderr.write(bot.sampler.report())
             if bot.profiler is not None:  # the bot's thread during the measured runs
                 text = io.StringIO()
                 stats = pstats.Stats(bot.profiler, stream=text)
@@ -298,5 +306,7 @@ if __name__ == "__main__":
                         default=["to_device", "in_room"])
     parser.add_argument("--modes", choices=("both", "sequential", "parallel"), default="both")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--sample", action="store_true",
+                        help="CPU-time sampling profile of the bot's thread on stderr")
     parser.add_argument("--profile-out", metavar="FILE")
     raise SystemExit(asyncio.run(main(parser.parse_args())))

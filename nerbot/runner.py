@@ -14,12 +14,14 @@ class TaskRunner:
     """Callbacks hand work here instead of doing it inline, so the sync loop never stalls.
 
     ``spawn_serial`` chains tasks with the same key (e.g. one room) so that a user's commands
-    run in the order they were sent.
+    run in the order they were sent. Those are reactions to synced events: ``settle`` lets the
+    sync loop wait for the ones spawned since it last asked.
     """
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tails: dict[str, asyncio.Task[Any]] = {}
+        self._unsettled: set[asyncio.Task[Any]] = set()
         self._stopping = False
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -43,6 +45,8 @@ class TaskRunner:
 
         task = self.spawn(run_after_previous(), name)
         self._tails[key] = task
+        self._unsettled.add(task)
+        task.add_done_callback(self._unsettled.discard)
 
         def forget_tail(done: asyncio.Task[Any]) -> None:
             if self._tails.get(key) is done:
@@ -50,6 +54,16 @@ class TaskRunner:
 
         task.add_done_callback(forget_tail)
         return task
+
+    async def settle(self, wait_seconds: float) -> None:
+        """Wait (at most ``wait_seconds``) for the reactions spawned since the last call.
+
+        Each reaction is waited for once: one that outlives the wait (a slow command) never
+        holds up a later call.
+        """
+        pending, self._unsettled = self._unsettled, set()
+        if pending:
+            await asyncio.wait(pending, timeout=wait_seconds)
 
     def every(
         self, seconds: float, fn: Callable[[], Awaitable[Any]], name: str

@@ -66,3 +66,51 @@ async def test_stop_cancels_and_refuses_new_work() -> None:
     coro = asyncio.sleep(0)
     with pytest.raises(RuntimeError):
         runner.spawn(coro, name="late")
+
+
+async def test_settle_waits_for_the_reactions_spawned_since_the_last_call() -> None:
+    runner = TaskRunner()
+    finished: list[str] = []
+
+    def job(name: str, delay: float):  # type: ignore[no-untyped-def]
+        async def run() -> None:
+            await asyncio.sleep(delay)
+            finished.append(name)
+        return run
+
+    runner.spawn_serial("a", job("a", 0.03), name="a")
+    runner.spawn_serial("b", job("b", 0.01), name="b")
+    await runner.settle(5.0)
+    assert sorted(finished) == ["a", "b"]
+    await runner.settle(5.0)  # nothing new: returns at once
+    await runner.stop()
+
+
+async def test_settle_gives_up_after_the_wait_and_never_waits_twice_for_one_task() -> None:
+    runner = TaskRunner()
+    gate = asyncio.Event()
+
+    async def slow() -> None:
+        await gate.wait()
+
+    runner.spawn_serial("slow", slow, name="slow")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await runner.settle(0.05)
+    assert 0.04 <= loop.time() - started < 1.0
+    started = loop.time()
+    await runner.settle(5.0)  # the slow command was waited for once already
+    assert loop.time() - started < 0.5
+    gate.set()
+    await runner.drain()
+    await runner.stop()
+
+
+async def test_plain_spawns_are_not_reactions() -> None:
+    runner = TaskRunner()
+    runner.spawn(asyncio.sleep(100), name="long-lived")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await runner.settle(5.0)
+    assert loop.time() - started < 0.5
+    await runner.stop()
