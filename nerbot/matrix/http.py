@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 
 from nerbot.errors import MatrixRequestError
+from nerbot.matrix.httpfix import lean_session
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class MatrixHttp:
     ) -> tuple[int, JsonDict]:
         """Send one request; return ``(status, json)``; raise unless the status is expected."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+            self._session = lean_session(60)
         headers = {"Content-Type": "application/json"}
         bearer = token if token is not None else self.access_token
         if bearer:

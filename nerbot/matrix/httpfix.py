@@ -3,8 +3,9 @@
 - nio opens its aiohttp session lazily with a ``TraceConfig`` whose only hook feeds upload
   progress monitors (``TransferMonitor``), which the bot never uses. With any trace config,
   aiohttp builds and awaits a trace-parameters object at each stage of every request (start,
-  connection reuse, headers sent, each chunk, end). The bot hands nio the same session nio
-  would build, minus the trace.
+  connection reuse, headers sent, each chunk, end). And its cookie jar filters cookies into
+  every request and parses them out of every response, for an API that uses none. The bot
+  hands nio the same session nio would build, minus the trace, with a jar that does nothing.
 - Every message the bot sends comes back to it in a sync. nio would parse, validate and
   decrypt each one and run the callbacks, all of which ignore the bot's own messages: about a
   millisecond per echo. The bot's own non-state timeline events are dropped from sync
@@ -20,18 +21,21 @@ import aiohttp
 import nio
 
 
-async def use_untraced_session(client: nio.AsyncClient) -> None:
-    """Give ``client`` an aiohttp session like nio's own, without its trace hooks."""
+def lean_session(timeout_seconds: float | None, connector: Any = None) -> aiohttp.ClientSession:
+    """An aiohttp session for the Matrix API: no trace hooks, no cookies."""
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_seconds),
+                                 connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+
+async def use_lean_session(client: nio.AsyncClient) -> None:
+    """Give ``client`` an aiohttp session like nio's own, without trace hooks or cookies."""
     if client.client_session is not None:
         await client.client_session.close()
     connector = None
     if client.proxy:  # nio's own choice, kept as is
         from aiohttp_socks import ProxyConnector
         connector = ProxyConnector.from_url(client.proxy)
-    client.client_session = aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=client.config.request_timeout),
-        connector=connector,
-    )
+    client.client_session = lean_session(client.config.request_timeout, connector)
 
 
 def drop_own_echoes(body: dict[str, Any], user_id: str) -> int:

@@ -25,7 +25,7 @@ from nerbot.config import Config
 from nerbot.errors import NerbotError
 from nerbot.ids import DeviceId
 from nerbot.matrix import schemafix
-from nerbot.matrix.httpfix import skip_own_echoes_in_syncs, use_untraced_session
+from nerbot.matrix.httpfix import skip_own_echoes_in_syncs, use_lean_session
 from nerbot.matrix.storefix import (
     bind_store_once,
     memoize_store_lookups,
@@ -137,7 +137,7 @@ async def open_session(config: Config, store: Store) -> MatrixSession:
     client = api.async_client
     if client.olm is None:
         raise NerbotError("end-to-end encryption is not available in this nio installation")
-    await use_untraced_session(client)
+    await use_lean_session(client)
     skip_own_echoes_in_syncs(client)
     bind_store_once(client.store)
     use_write_ahead_log(client.store)

@@ -7,12 +7,12 @@ import logging
 import urllib.parse
 from typing import Any
 
-import markdown
 import nio
 
 from nerbot.errors import MatrixRequestError, NerbotError
 from nerbot.ids import RoomId, UserId
 from nerbot.matrix.http import MatrixHttp
+from nerbot.matrix.render import NoticeRenderer
 from nerbot.ports import Clock
 from nerbot.store import Store
 
@@ -27,26 +27,6 @@ ENCRYPTION_STATE = {
 
 class SendFailed(NerbotError):
     """The homeserver refused a message."""
-
-
-class NoticeRenderer:
-    """Renders ``m.notice`` content: a plain body and HTML from the same markdown.
-
-    One ``Markdown`` instance, reset between messages: building a new one per message (what
-    ``markdown.markdown`` does) cost two thirds of the rendering.
-    """
-
-    def __init__(self) -> None:
-        self._markdown = markdown.Markdown(extensions=["nl2br"])
-
-    def render(self, markdown_text: str) -> dict[str, Any]:
-        html = self._markdown.reset().convert(markdown_text)
-        return {
-            "msgtype": "m.notice",
-            "body": markdown_text,
-            "format": "org.matrix.custom.html",
-            "formatted_body": html,
-        }
 
 
 class MatrixTransport:

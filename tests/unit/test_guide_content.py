@@ -20,7 +20,7 @@ import markdown
 import pytest
 
 from nerbot.domain.guide import Checkpoint, GuideLibrary
-from nerbot.matrix.transport import NoticeRenderer
+from nerbot.matrix.render import NoticeRenderer
 
 DATA = Path(__file__).resolve().parents[2] / "nerbot" / "guides" / "data"
 GUIDES = ("backup", "new-device", "verify-sessions", "verify-user", "practice")
