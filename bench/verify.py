@@ -27,6 +27,7 @@ import io
 import logging
 import pstats
 import secrets
+import shutil
 import statistics
 import sys
 import tempfile
@@ -296,6 +297,7 @@ async def main(args: argparse.Namespace) -> int:
                 if args.profile_out:
                     stats.dump_stats(args.profile_out)
         await asyncio.to_thread(synapse.stop)
+        shutil.rmtree(workdir, ignore_errors=True)  # the bot's keys and Synapse's database
 
 
 if __name__ == "__main__":
