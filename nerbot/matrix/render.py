@@ -90,6 +90,7 @@ class NoticeRenderer:
     def compile(self, template: str) -> CompiledTemplate | None:
         """None when the template cannot take stand-ins (format specs, odd fields)."""
         names: list[str] = []
+        occurrences: list[str] = []
         line_starts: set[str] = set()
         at_line_start = True
         for literal, field, spec, conversion in string.Formatter().parse(template):
@@ -100,6 +101,7 @@ class NoticeRenderer:
                 continue
             if spec or conversion or not field.isidentifier():
                 return None
+            occurrences.append(field)
             if field not in names:
                 names.append(field)
             if at_line_start:
@@ -118,7 +120,6 @@ class NoticeRenderer:
             parts.append(before)
             fields.append(names[int(index)])
         parts.append(rest)
-        expected = sorted(n for _, n, _, _ in string.Formatter().parse(template) if n)
-        if sorted(fields) != expected:
+        if sorted(fields) != sorted(occurrences):
             return None  # a stand-in went missing or was duplicated
         return CompiledTemplate(tuple(parts), tuple(fields), frozenset(line_starts))

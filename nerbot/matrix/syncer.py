@@ -71,8 +71,7 @@ class SyncLoop:
     async def _upload_filter(self) -> None:
         if isinstance(self.filter, str):
             return
-        response = await self.client.upload_filter(
-            presence=SYNC_FILTER["presence"], room=SYNC_FILTER["room"])
+        response = await self.client.upload_filter(**SYNC_FILTER)  # keys: nio's parameters
         if isinstance(response, nio.UploadFilterResponse):
             self.filter = response.filter_id
         else:  # still correct inline, only dearer; try again after the next restart

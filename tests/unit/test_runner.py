@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 
 from nerbot.runner import TaskRunner
 
+T = TypeVar("T")
+
+
+def recording_job(seen: list[T], item: T, delay: float) -> Callable[[], Awaitable[None]]:
+    """A job for ``spawn_serial`` that sleeps ``delay`` and then records ``item``."""
+    async def run() -> None:
+        await asyncio.sleep(delay)
+        seen.append(item)
+    return run
+
 
 async def test_serial_tasks_keep_order() -> None:
     runner = TaskRunner()
     seen: list[int] = []
-
-    def job(i: int, delay: float):  # type: ignore[no-untyped-def]
-        async def run() -> None:
-            await asyncio.sleep(delay)
-            seen.append(i)
-        return run
-
     for i, delay in enumerate([0.05, 0.0, 0.02]):
-        runner.spawn_serial("room", job(i, delay), name=f"job{i}")
+        runner.spawn_serial("room", recording_job(seen, i, delay), name=f"job{i}")
     await runner.drain()
     assert seen == [0, 1, 2]
     await runner.stop()
@@ -71,15 +76,8 @@ async def test_stop_cancels_and_refuses_new_work() -> None:
 async def test_settle_waits_for_the_reactions_spawned_since_the_last_call() -> None:
     runner = TaskRunner()
     finished: list[str] = []
-
-    def job(name: str, delay: float):  # type: ignore[no-untyped-def]
-        async def run() -> None:
-            await asyncio.sleep(delay)
-            finished.append(name)
-        return run
-
-    runner.spawn_serial("a", job("a", 0.03), name="a")
-    runner.spawn_serial("b", job("b", 0.01), name="b")
+    runner.spawn_serial("a", recording_job(finished, "a", 0.03), name="a")
+    runner.spawn_serial("b", recording_job(finished, "b", 0.01), name="b")
     await runner.settle(5.0)
     assert sorted(finished) == ["a", "b"]
     await runner.settle(5.0)  # nothing new: returns at once
