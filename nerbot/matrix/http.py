@@ -6,10 +6,8 @@ import json
 import logging
 from typing import Any
 
-import aiohttp
-
 from nerbot.errors import MatrixRequestError
-from nerbot.matrix.httpfix import lean_session
+from nerbot.matrix.wire import WireClient
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +15,7 @@ JsonDict = dict[str, Any]
 
 
 class MatrixHttp:
-    """A tiny authenticated JSON client on one aiohttp session.
+    """A tiny authenticated JSON client on keep-alive connections (``WireClient``).
 
     nio covers the common endpoints; this covers the rest with the same access token. The token
     travels only in the Authorization header, so nothing logged here contains it.
@@ -26,12 +24,10 @@ class MatrixHttp:
     def __init__(self, homeserver: str, access_token: str | None = None) -> None:
         self.homeserver = homeserver.rstrip("/")
         self.access_token = access_token
-        self._session: aiohttp.ClientSession | None = None
+        self.wire = WireClient(self.homeserver, default_timeout=60)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.wire.close()
 
     async def request(
         self,
@@ -43,23 +39,19 @@ class MatrixHttp:
         ok_statuses: tuple[int, ...] = (200,),
     ) -> tuple[int, JsonDict]:
         """Send one request; return ``(status, json)``; raise unless the status is expected."""
-        if self._session is None:
-            self._session = lean_session(60)
         headers = {"Content-Type": "application/json"}
         bearer = token if token is not None else self.access_token
         if bearer:
             headers["Authorization"] = f"Bearer {bearer}"
         data = json.dumps(body) if body is not None else None
-        async with self._session.request(
-            method, self.homeserver + path, data=data, headers=headers
-        ) as resp:
-            try:
-                payload = await resp.json(content_type=None)
-            except (json.JSONDecodeError, aiohttp.ContentTypeError):
-                payload = {}
-            if not isinstance(payload, dict):
-                payload = {"value": payload}
-            if resp.status not in ok_statuses:
-                raise MatrixRequestError(method, path, resp.status, payload)
-            logger.debug("%s %s -> %s", method, path, resp.status)
-            return resp.status, payload
+        resp = await self.wire.request(method, path, data, headers)
+        try:
+            payload = await resp.json()
+        except ValueError:  # not JSON (or not UTF-8): an error page
+            payload = {}
+        if not isinstance(payload, dict):
+            payload = {"value": payload}
+        if resp.status not in ok_statuses:
+            raise MatrixRequestError(method, path, resp.status, payload)
+        logger.debug("%s %s -> %s", method, path, resp.status)
+        return resp.status, payload

@@ -25,7 +25,11 @@ from nerbot.config import Config
 from nerbot.errors import NerbotError
 from nerbot.ids import DeviceId
 from nerbot.matrix import schemafix
-from nerbot.matrix.httpfix import skip_own_echoes_in_syncs, use_lean_session
+from nerbot.matrix.httpfix import (
+    route_requests_over_wire,
+    skip_own_echoes_in_syncs,
+    use_lean_session,
+)
 from nerbot.matrix.storefix import (
     bind_store_once,
     memoize_store_lookups,
@@ -33,6 +37,7 @@ from nerbot.matrix.storefix import (
     use_write_ahead_log,
     write_trust_files_only_on_change,
 )
+from nerbot.matrix.wire import WireClient
 from nerbot.store import Store
 
 logger = logging.getLogger(__name__)
@@ -58,6 +63,7 @@ class MatrixSession:
     api: botlib.Api
     creds: botlib.Creds
     first_login: bool
+    wire: WireClient | None = None  # None: nio's requests stay on aiohttp (a proxy is set)
 
     @property
     def device_id(self) -> DeviceId:
@@ -138,6 +144,7 @@ async def open_session(config: Config, store: Store) -> MatrixSession:
     if client.olm is None:
         raise NerbotError("end-to-end encryption is not available in this nio installation")
     await use_lean_session(client)
+    wire = route_requests_over_wire(client)
     skip_own_echoes_in_syncs(client)
     bind_store_once(client.store)
     use_write_ahead_log(client.store)
@@ -148,7 +155,8 @@ async def open_session(config: Config, store: Store) -> MatrixSession:
     store.set_meta(DEVICE_ID_META, str(client.device_id))
     logger.info("Logged in as %s on device %s (%s)", client.user_id, client.device_id,
                 "new device" if first_login else "restored")
-    return MatrixSession(client=client, api=api, creds=creds, first_login=first_login)
+    return MatrixSession(client=client, api=api, creds=creds, first_login=first_login,
+                         wire=wire)
 
 
 async def _login_or_fail(api: botlib.Api) -> None:

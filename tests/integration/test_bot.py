@@ -94,6 +94,9 @@ async def test_sync_uses_an_uploaded_filter_and_skips_only_the_bots_own_messages
     assert not [s for s in seen if s[0] == bot_id and s[1] != "RoomMemberEvent"], seen
     room = bot.session.client.rooms[room_id]
     assert room.encrypted and peer.user_id in room.users and bot_id in room.users
+    # all of it (syncs, encrypted sends, key queries) went over the keep-alive wire client
+    assert bot.session.wire is not None and bot.session.wire.requests > 10
+    assert bot.http is not None and bot.http.wire.requests > 0
 
 
 async def test_disallowed_inviter_is_rejected(
