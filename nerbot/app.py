@@ -141,7 +141,8 @@ class NerbotApp:
         )
         events.register()
         verifier.register()
-        syncer = self.syncer = SyncLoop(client, settle=self.runner.settle)
+        syncer = self.syncer = SyncLoop(client, settle=self.runner.settle,
+                                        own_state=self.session.own_state)
         self.runner.spawn(syncer.run(), name="sync")
         self.runner.every(UNDECRYPTABLE_RETRY_SECONDS, events.hold.retry, name="undecryptable")
         await asyncio.wait_for(syncer.first_sync.wait(), first_sync_timeout)

@@ -30,6 +30,7 @@ from nerbot.matrix.httpfix import (
     skip_own_echoes_in_syncs,
     use_lean_session,
 )
+from nerbot.matrix.ownstate import OwnStateWatch, watch_own_state_changes
 from nerbot.matrix.storefix import (
     bind_store_once,
     memoize_store_lookups,
@@ -64,6 +65,7 @@ class MatrixSession:
     creds: botlib.Creds
     first_login: bool
     wire: WireClient | None = None  # None: nio's requests stay on aiohttp (a proxy is set)
+    own_state: OwnStateWatch | None = None  # when syncs may leave out the bot's own events
 
     @property
     def device_id(self) -> DeviceId:
@@ -145,6 +147,8 @@ async def open_session(config: Config, store: Store) -> MatrixSession:
         raise NerbotError("end-to-end encryption is not available in this nio installation")
     await use_lean_session(client)
     wire = route_requests_over_wire(client)
+    own_state = OwnStateWatch()
+    watch_own_state_changes(client, own_state)
     skip_own_echoes_in_syncs(client)
     bind_store_once(client.store)
     use_write_ahead_log(client.store)
@@ -156,7 +160,7 @@ async def open_session(config: Config, store: Store) -> MatrixSession:
     logger.info("Logged in as %s on device %s (%s)", client.user_id, client.device_id,
                 "new device" if first_login else "restored")
     return MatrixSession(client=client, api=api, creds=creds, first_login=first_login,
-                         wire=wire)
+                         wire=wire, own_state=own_state)
 
 
 async def _login_or_fail(api: botlib.Api) -> None:

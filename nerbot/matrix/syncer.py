@@ -1,12 +1,15 @@
 """The sync loop: nio's ``sync_forever`` made lean and patient, with backoff for a sick server.
 
 It does what ``sync_forever`` does (sync; alongside, nio's pending to-device messages and key
-upload/query/claim), with three differences that matter for CPU:
+upload/query/claim), with four differences that matter for CPU:
 
 - the filter is uploaded once and referred to by ID, not re-encoded into every sync's URL;
 - side requests get a task only when there is something to send;
 - the next sync waits (briefly) for the reactions to the last one, so the bot's own events,
-  which every sync would otherwise return one at a time, come back together.
+  which every sync would otherwise return one at a time, come back together;
+- while the bot changes no room state, syncs use a second filter that leaves out the bot's own
+  events altogether, so they no longer wake the long poll (``ownstate.py`` says when that is
+  safe).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 import nio
 
+from nerbot.matrix.ownstate import OwnStateWatch, QuietSyncOutdated
 from nerbot.matrix.session import TRANSIENT_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -30,6 +34,14 @@ SYNC_FILTER: dict[str, Any] = {
     "room": {"ephemeral": {"not_types": ["*"]}},
 }
 MAX_BACKOFF_SECONDS = 60.0
+
+
+def quiet_filter(user_id: str) -> dict[str, Any]:
+    """``SYNC_FILTER``, and none of ``user_id``'s own events in room timelines."""
+    room = {**SYNC_FILTER["room"], "timeline": {"not_senders": [user_id]}}
+    return {**SYNC_FILTER, "room": room}
+
+
 # The next sync waits this long at most for the reactions to the last one. What they send
 # (the bot's own room events) then comes back in one sync instead of one sync each.
 SETTLE_SECONDS = 0.25
@@ -40,12 +52,16 @@ Settle = Callable[[float], Awaitable[None]]
 class SyncLoop:
     """Keeps syncing until stopped; ``first_sync`` is set once the first response is processed."""
 
-    def __init__(self, client: nio.AsyncClient, settle: Settle | None = None) -> None:
+    def __init__(self, client: nio.AsyncClient, settle: Settle | None = None,
+                 own_state: OwnStateWatch | None = None) -> None:
         self.client = client
         self.settle = settle
+        self.own_state = own_state
         self.first_sync = asyncio.Event()
         self.backoff = 1.0
         self.filter: str | dict[str, Any] = SYNC_FILTER
+        self.quiet_syncs = 0
+        self.refused_quiet_syncs = 0
         self._stopping = False
         client.add_response_callback(self._on_sync, nio.SyncResponse)
         client.add_response_callback(self._on_sync_error, nio.SyncError)
@@ -77,19 +93,36 @@ class SyncLoop:
         else:  # still correct inline, only dearer; try again after the next restart
             logger.warning("Uploading the sync filter failed (%s); sending it inline",
                            getattr(response, "message", response))
+            return
+        if self.own_state is not None and self.client.user_id:
+            quiet = await self.client.upload_filter(**quiet_filter(self.client.user_id))
+            if isinstance(quiet, nio.UploadFilterResponse):
+                self.own_state.quiet_filter = quiet.filter_id
+            else:  # every sync then simply uses the normal filter
+                logger.warning("Uploading the quiet sync filter failed (%s)",
+                               getattr(quiet, "message", quiet))
 
     async def _sync_until_stopped(self) -> None:
         first = True
         while not self._stopping:
             # full_state on the first sync: nio keeps no room state across restarts. The first
             # sync runs alone so that the side requests see the rooms it brings.
-            sync = self.client.sync(0 if first else SYNC_TIMEOUT_MS, self.filter,
+            quiet = not first and self.own_state is not None and self.own_state.quiet_allowed()
+            sync_filter = self.own_state.quiet_filter if quiet and self.own_state else self.filter
+            sync = self.client.sync(0 if first else SYNC_TIMEOUT_MS, sync_filter,
                                     full_state=True if first else None)
             if first:
                 await self.client.run_response_callbacks([await sync])
                 await self._run_all(self._side_requests())
             else:
-                await self._run_all([sync, *self._side_requests()])
+                try:
+                    await self._run_all([sync, *self._side_requests()])
+                except QuietSyncOutdated:
+                    # the bot changed room state meanwhile: the same window again, unfiltered
+                    self.refused_quiet_syncs += 1
+                    logger.debug("Quiet sync refused: own room state changed; syncing again")
+                    continue
+                self.quiet_syncs += quiet
             first = False
             self.client.synced.set()
             self.client.synced.clear()
@@ -114,9 +147,14 @@ class SyncLoop:
             await self.client.run_response_callbacks([await requests[0]])
             return
         tasks = [asyncio.ensure_future(request) for request in requests]
+        outdated = False
         try:
             for done in asyncio.as_completed(tasks):
-                response = await done
+                try:
+                    response = await done
+                except QuietSyncOutdated:  # the side requests still finish and count
+                    outdated = True
+                    continue
                 if isinstance(response, list):  # send_to_device_messages: one per message
                     await self.client.run_response_callbacks(response)
                 else:
@@ -124,6 +162,8 @@ class SyncLoop:
         finally:
             for task in tasks:
                 task.cancel()
+        if outdated:
+            raise QuietSyncOutdated()
 
     async def _back_off(self) -> None:
         await asyncio.sleep(self.backoff)
