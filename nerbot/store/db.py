@@ -68,6 +68,7 @@ class Store:
         else:
             self.db = Database(memory=True)
         self.db.execute("PRAGMA foreign_keys=ON")
+        self._tables: dict[str, Table] = {}
         migrations = build_migrations()
         pending = [m.name for m in migrations.pending(self.db)]
         migrations.apply(self.db)
@@ -78,9 +79,12 @@ class Store:
         self.db.close()
 
     def _table(self, name: str) -> Table:
-        table = self.db[name]
-        assert isinstance(table, Table)
-        return table
+        """One ``Table`` per name: ``db[name]`` asks SQLite for the list of views each time."""
+        if name not in self._tables:
+            table = self.db[name]
+            assert isinstance(table, Table)
+            self._tables[name] = table
+        return self._tables[name]
 
     @property
     def schema_version(self) -> int:
@@ -155,15 +159,16 @@ class Store:
     # -- walkthroughs -----------------------------------------------------------------------
 
     def get_guide_progress(self, user_id: UserId) -> GuideProgress | None:
-        try:
-            row = self._table("guide_progress").get(user_id)
-        except NotFoundError:
+        # a plain SELECT: Table.get re-reads the table's schema on every call
+        row = self._one("SELECT guide, step, started_ms, updated_ms, signed_at_start, "
+                        "known_at_start FROM guide_progress WHERE user_id = ?", [user_id])
+        if row is None:
             return None
+        guide, step, started_ms, updated_ms, signed_at_start, known_at_start = row
         return GuideProgress(
-            guide=row["guide"], step=int(row["step"]), started_ms=int(row["started_ms"]),
-            updated_ms=int(row["updated_ms"]),
-            signed_at_start=frozenset(json.loads(row["signed_at_start"] or "[]")),
-            known_at_start=frozenset(json.loads(row["known_at_start"] or "[]")),
+            guide=guide, step=int(step), started_ms=int(started_ms), updated_ms=int(updated_ms),
+            signed_at_start=frozenset(json.loads(signed_at_start or "[]")),
+            known_at_start=frozenset(json.loads(known_at_start or "[]")),
         )
 
     def save_guide_progress(self, user_id: UserId, progress: GuideProgress) -> None:

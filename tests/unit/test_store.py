@@ -131,3 +131,21 @@ def test_verification_record_from_start_to_end(tmp_path: Path) -> None:
             second["duration_ms"]) == ("DEV", "cancelled", "m.user", 1_000)
     assert store.verification_attempts_since(alice, 1_500) == ["cancelled"]
     assert store.verified_since(alice, 4_000) and not store.verified_since(alice, 5_000)
+
+
+def test_guide_progress_round_trips_and_a_stranger_has_none() -> None:
+    from nerbot.domain.guide import GuideProgress
+
+    store = Store(":memory:")
+    assert store.get_guide_progress(ALICE) is None
+    progress = GuideProgress(guide="backup", step=2, started_ms=10, updated_ms=20,
+                             signed_at_start=frozenset({"DEV1"}),
+                             known_at_start=frozenset({"DEV1", "DEV2"}))
+    store.save_guide_progress(ALICE, progress)
+    assert store.get_guide_progress(ALICE) == progress
+    assert store.get_guide_progress(BOB) is None
+    store.save_guide_progress(ALICE, GuideProgress(guide="backup", step=3, started_ms=10,
+                                                   updated_ms=30))
+    again = store.get_guide_progress(ALICE)
+    assert again is not None and again.step == 3 and again.signed_at_start == frozenset()
+    store.close()
