@@ -109,12 +109,25 @@ async def sync(client: FakeClient, path: str) -> asyncio.Task[Any]:
     return task
 
 
-async def test_quiet_sync_passes_when_the_bot_changed_no_state() -> None:
-    client, watch = watched()
-    assert not watch.quiet_allowed(), "no sync yet: nothing to judge the window by"
+async def synced(client: FakeClient) -> None:
+    """One normal sync, answered: the window every test starts from."""
     first = await sync(client, NORMAL_SYNC)
     client.answer(NORMAL_SYNC)
     await first
+
+
+async def left(client: FakeClient) -> None:
+    """The bot leaves a room (a state change), answered."""
+    leave = asyncio.ensure_future(client.send("POST", LEAVE))
+    await settle()
+    client.answer(LEAVE)
+    await leave
+
+
+async def test_quiet_sync_passes_when_the_bot_changed_no_state() -> None:
+    client, watch = watched()
+    assert not watch.quiet_allowed(), "no sync yet: nothing to judge the window by"
+    await synced(client)
     assert watch.quiet_allowed()
     quiet = await sync(client, QUIET_SYNC)
     client.answer(QUIET_SYNC, "events")
@@ -123,9 +136,7 @@ async def test_quiet_sync_passes_when_the_bot_changed_no_state() -> None:
 
 async def test_state_change_during_a_quiet_sync_drops_it_at_once() -> None:
     client, watch = watched()
-    first = await sync(client, NORMAL_SYNC)
-    client.answer(NORMAL_SYNC)
-    await first
+    await synced(client)
     quiet = await sync(client, QUIET_SYNC)
     leave = asyncio.ensure_future(client.send("POST", LEAVE))
     await settle()
@@ -137,21 +148,14 @@ async def test_state_change_during_a_quiet_sync_drops_it_at_once() -> None:
     client.answer(LEAVE)
     await leave
     assert not watch.quiet_allowed(), "the leave falls into the next window: not quiet either"
-    again = await sync(client, NORMAL_SYNC)  # what the syncer does next
-    client.answer(NORMAL_SYNC)
-    await again
+    await synced(client)  # what the syncer does next
     assert watch.quiet_allowed()
 
 
 async def test_quiet_sync_after_a_state_change_is_refused_without_a_request() -> None:
     client, _watch = watched()
-    first = await sync(client, NORMAL_SYNC)
-    client.answer(NORMAL_SYNC)
-    await first
-    leave = asyncio.ensure_future(client.send("POST", LEAVE))
-    await settle()
-    client.answer(LEAVE)
-    await leave
+    await synced(client)
+    await left(client)
     sent = len(client.requests)
     with pytest.raises(QuietSyncOutdated):
         await client.send("GET", QUIET_SYNC)
@@ -183,9 +187,7 @@ async def test_normal_syncs_are_never_refused() -> None:
 
 async def test_errors_of_a_quiet_sync_are_passed_on() -> None:
     client, _watch = watched()
-    first = await sync(client, NORMAL_SYNC)
-    client.answer(NORMAL_SYNC)
-    await first
+    await synced(client)
     quiet = await sync(client, QUIET_SYNC)
     client.answers[QUIET_SYNC].set_exception(TimeoutError("slow"))
     with pytest.raises(TimeoutError):
@@ -194,9 +196,7 @@ async def test_errors_of_a_quiet_sync_are_passed_on() -> None:
 
 async def test_answer_and_state_change_together_still_refused() -> None:
     client, _watch = watched()
-    first = await sync(client, NORMAL_SYNC)
-    client.answer(NORMAL_SYNC)
-    await first
+    await synced(client)
     quiet = await sync(client, QUIET_SYNC)
     client.answer(QUIET_SYNC, "window may hide the leave")
     leave = asyncio.ensure_future(client.send("POST", LEAVE))

@@ -4,6 +4,7 @@ own web server (an independent HTTP implementation) and against raw sockets that
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import gzip
 import json
@@ -334,11 +335,18 @@ def test_only_http_urls_are_accepted(url: str) -> None:
 # --- raw sockets that misbehave ---------------------------------------------------------
 
 
-async def raw_server(handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
-                                      Awaitable[None]]) -> tuple[asyncio.Server, str]:
+@contextlib.asynccontextmanager
+async def wire_to(handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                   Awaitable[None]]) -> AsyncIterator[WireClient]:
+    """A ``WireClient`` for a raw server on 127.0.0.1 that answers with ``handle``."""
     listening = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = listening.sockets[0].getsockname()[1]
-    return listening, f"http://127.0.0.1:{port}"
+    wire = WireClient(f"http://127.0.0.1:{port}")
+    try:
+        yield wire
+    finally:
+        await wire.close()
+        listening.close()
 
 
 async def read_request(reader: asyncio.StreamReader) -> bytes:
@@ -349,10 +357,18 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
     return head
 
 
-@pytest.mark.parametrize(("method", "retried"), [("GET", True), ("PUT", True), ("POST", False)])
-async def test_kept_connection_closed_as_the_request_goes_out(method: str, retried: bool) -> None:
-    """The server answers once, then closes that connection on the next request unanswered:
-    a repeatable request is sent again on a new connection, a POST is not (nio retries it)."""
+PARTIAL = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{"
+
+
+@pytest.mark.parametrize(("method", "second_reply", "retried"), [
+    ("GET", b"", True), ("PUT", b"", True), ("POST", b"", False), ("GET", PARTIAL, False),
+])
+async def test_kept_connection_closed_under_the_next_request(
+    method: str, second_reply: bytes, retried: bool
+) -> None:
+    """The server answers once, then closes that connection on the next request: unanswered,
+    a repeatable request is sent again on a new connection, a POST is not (nio retries it);
+    half answered, the server did act on it, so it is never sent again."""
     connections = 0
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -362,11 +378,11 @@ async def test_kept_connection_closed_as_the_request_goes_out(method: str, retri
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
         await writer.drain()
         await read_request(reader)
+        writer.write(second_reply)
+        await writer.drain()
         writer.close()
 
-    listening, url = await raw_server(handle)
-    wire = WireClient(url)
-    try:
+    async with wire_to(handle) as wire:
         assert (await wire.request(method, "/first", "{}")).status == 200
         if retried:
             assert (await wire.request(method, "/second", "{}")).status == 200
@@ -374,36 +390,7 @@ async def test_kept_connection_closed_as_the_request_goes_out(method: str, retri
         else:
             with pytest.raises(aiohttp.ServerDisconnectedError):
                 await wire.request(method, "/second", "{}")
-    finally:
-        await wire.close()
-        listening.close()
-
-
-async def test_kept_connection_closed_mid_response_is_not_retried() -> None:
-    """Part of an answer came: the server did act on the request, so it is not sent again."""
-    connections = 0
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-        await writer.drain()
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{")
-        await writer.drain()
-        writer.close()
-
-    listening, url = await raw_server(handle)
-    wire = WireClient(url)
-    try:
-        assert (await wire.request("GET", "/first")).status == 200
-        with pytest.raises(aiohttp.ServerDisconnectedError):
-            await wire.request("GET", "/second")
-        assert connections == 1
-    finally:
-        await wire.close()
-        listening.close()
+            assert connections == 1
 
 
 @pytest.mark.parametrize("reply", [
@@ -422,15 +409,10 @@ async def test_broken_replies_raise_aiohttp_errors_and_are_not_retried(reply: by
         await writer.drain()
         writer.close()
 
-    listening, url = await raw_server(handle)
-    wire = WireClient(url)
-    try:
+    async with wire_to(handle) as wire:
         with pytest.raises(aiohttp.ClientError):
             await wire.request("GET", "/x")
         assert requests == 1 and not wire._idle and not wire._busy
-    finally:
-        await wire.close()
-        listening.close()
 
 
 async def test_close_delimited_response_then_a_new_connection() -> None:
@@ -440,15 +422,10 @@ async def test_close_delimited_response_then_a_new_connection() -> None:
         await writer.drain()
         writer.close()
 
-    listening, url = await raw_server(handle)
-    wire = WireClient(url)
-    try:
+    async with wire_to(handle) as wire:
         for _ in range(2):
             assert await (await wire.request("GET", "/x")).json() == {"n": 1}
         assert not wire._idle
-    finally:
-        await wire.close()
-        listening.close()
 
 
 async def test_connection_close_header_is_obeyed_even_if_the_socket_stays_open() -> None:
@@ -464,16 +441,13 @@ async def test_connection_close_header_is_obeyed_even_if_the_socket_stays_open()
         await finished.wait()  # says close, does not: a reused connection would hang here
         writer.close()
 
-    listening, url = await raw_server(handle)
-    wire = WireClient(url)
     try:
-        for _ in range(2):
-            assert (await wire.request("GET", "/x", time_limit=2)).status == 200
-        assert connections == 2 and not wire._idle
+        async with wire_to(handle) as wire:
+            for _ in range(2):
+                assert (await wire.request("GET", "/x", time_limit=2)).status == 200
+            assert connections == 2 and not wire._idle
     finally:
         finished.set()
-        await wire.close()
-        listening.close()
 
 
 # --- TLS ------------------------------------------------------------------------------
