@@ -87,20 +87,25 @@ class SyncLoop:
     async def _upload_filter(self) -> None:
         if isinstance(self.filter, str):
             return
-        response = await self.client.upload_filter(**SYNC_FILTER)  # keys: nio's parameters
-        if isinstance(response, nio.UploadFilterResponse):
-            self.filter = response.filter_id
-        else:  # still correct inline, only dearer; try again after the next restart
-            logger.warning("Uploading the sync filter failed (%s); sending it inline",
-                           getattr(response, "message", response))
+        # still correct inline, only dearer; uploaded again after the next restart
+        uploaded = await self._uploaded(SYNC_FILTER, "sync filter", "sending it inline")
+        if uploaded is None:
             return
+        self.filter = uploaded
         if self.own_state is not None and self.client.user_id:
-            quiet = await self.client.upload_filter(**quiet_filter(self.client.user_id))
-            if isinstance(quiet, nio.UploadFilterResponse):
-                self.own_state.quiet_filter = quiet.filter_id
-            else:  # every sync then simply uses the normal filter
-                logger.warning("Uploading the quiet sync filter failed (%s)",
-                               getattr(quiet, "message", quiet))
+            self.own_state.quiet_filter = await self._uploaded(
+                quiet_filter(self.client.user_id), "quiet sync filter",
+                "every sync uses the normal filter")
+
+    async def _uploaded(self, sync_filter: dict[str, Any], what: str, otherwise: str
+                        ) -> str | None:
+        """The ID of ``sync_filter`` once uploaded; None (logged) if the server refused it."""
+        response = await self.client.upload_filter(**sync_filter)  # keys: nio's parameters
+        if isinstance(response, nio.UploadFilterResponse):
+            return str(response.filter_id)
+        logger.warning("Uploading the %s failed (%s); %s", what,
+                       getattr(response, "message", response), otherwise)
+        return None
 
     async def _sync_until_stopped(self) -> None:
         first = True

@@ -159,7 +159,6 @@ class Store:
     # -- walkthroughs -----------------------------------------------------------------------
 
     def get_guide_progress(self, user_id: UserId) -> GuideProgress | None:
-        # a plain SELECT: Table.get re-reads the table's schema on every call
         row = self._one("SELECT guide, step, started_ms, updated_ms, signed_at_start, "
                         "known_at_start FROM guide_progress WHERE user_id = ?", [user_id])
         if row is None:

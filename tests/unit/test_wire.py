@@ -357,6 +357,14 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
     return head
 
 
+async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 reply: bytes) -> None:
+    """Read one request and write ``reply`` (any bytes: a response, part of one, garbage)."""
+    await read_request(reader)
+    writer.write(reply)
+    await writer.drain()
+
+
 PARTIAL = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{"
 
 
@@ -374,12 +382,8 @@ async def test_kept_connection_closed_under_the_next_request(
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
         connections += 1
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-        await writer.drain()
-        await read_request(reader)
-        writer.write(second_reply)
-        await writer.drain()
+        await answer(reader, writer, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await answer(reader, writer, second_reply)
         writer.close()
 
     async with wire_to(handle) as wire:
@@ -403,10 +407,8 @@ async def test_broken_replies_raise_aiohttp_errors_and_are_not_retried(reply: by
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal requests
-        await read_request(reader)
+        await answer(reader, writer, reply)
         requests += 1
-        writer.write(reply)
-        await writer.drain()
         writer.close()
 
     async with wire_to(handle) as wire:
@@ -417,9 +419,8 @@ async def test_broken_replies_raise_aiohttp_errors_and_are_not_retried(reply: by
 
 async def test_close_delimited_response_then_a_new_connection() -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"n\": 1}")
-        await writer.drain()
+        await answer(reader, writer,
+                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"n\": 1}")
         writer.close()
 
     async with wire_to(handle) as wire:
@@ -435,9 +436,8 @@ async def test_connection_close_header_is_obeyed_even_if_the_socket_stays_open()
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
         connections += 1
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}")
-        await writer.drain()
+        await answer(reader, writer,
+                     b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}")
         await finished.wait()  # says close, does not: a reused connection would hang here
         writer.close()
 
