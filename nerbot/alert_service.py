@@ -4,6 +4,10 @@ Changes are debounced (one message per user for a burst of logins; one batched k
 everyone who changed), the keys are fetched fresh, and the pure ``review_sessions`` decides.
 Alerts go through the same outbox as reminders, so they are exactly-once too, and each is
 counted in the ``alerts`` table.
+
+A user whose keys cannot be had (their homeserver is down) or whose check fails is logged with
+their ID and looked at again later, with a growing delay and a bounded number of tries (the
+reminder scan looks at everyone anyway); the others in the batch go on.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from nerbot.runner import TaskRunner
 from nerbot.store import OutboxMessage, Store
 
 logger = logging.getLogger(__name__)
+
+RETRY_SECONDS = 30.0
+MAX_RETRIES = 5
 
 
 class KeySource(Protocol):
@@ -46,7 +53,9 @@ class AlertService:
         self.bot_user = bot_user
         self.debounce_seconds = debounce_seconds
         self.enabled = enabled
+        self.retry_seconds = RETRY_SECONDS
         self._waiting: set[str] = set()
+        self._tries: dict[str, int] = {}  # failed checks per user since their last success
 
     def devices_changed(self, user_ids: Iterable[str]) -> None:
         """From sync: look at the changed users once the burst has settled, in one batch."""
@@ -66,13 +75,44 @@ class AlertService:
         self._waiting.clear()  # a change during the checks starts the next batch
         facts = await self.keys.facts(users, fresh=True)  # one batched /keys/query
         queued = False
+        failed: list[str] = []
         for user_id in users:
-            if user_id not in facts:  # gone, or the server did not answer: nothing to compare
+            if user_id not in facts:  # their server did not answer (the directory logged it)
+                failed.append(user_id)
                 continue
-            decision = await self.check(UserId(user_id), facts=facts[user_id], deliver=False)
+            try:
+                decision = await self.check(UserId(user_id), facts=facts[user_id],
+                                            deliver=False)
+            except Exception:
+                logger.exception("Alert check for %s failed; it will be tried again", user_id)
+                failed.append(user_id)
+                continue
+            self._tries.pop(user_id, None)
             queued = queued or (decision is not None and decision.alert)
+        if failed:
+            self._retry_later(failed)
         if queued:
             await self.outbox.deliver()
+
+    def _retry_later(self, users: list[str]) -> None:
+        again = []
+        for user_id in users:
+            tries = self._tries[user_id] = self._tries.get(user_id, 0) + 1
+            if tries > MAX_RETRIES:
+                logger.warning("Alert check for %s failed %d times; the next reminder scan "
+                               "looks again", user_id, MAX_RETRIES)
+                del self._tries[user_id]
+            else:
+                again.append(user_id)
+        if not again:
+            return
+        delay = self.retry_seconds * 2 ** (min(self._tries[u] for u in again) - 1)
+
+        async def retry() -> None:
+            await asyncio.sleep(delay)
+            self.devices_changed(again)
+
+        self.runner.spawn(retry(), name="alert-retry")
 
     async def check(self, user_id: UserId, fresh: bool = False,
                     facts: KeyFacts | None = None, deliver: bool = True

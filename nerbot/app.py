@@ -155,7 +155,7 @@ class NerbotApp:
             return
         self._stopped.set()
         if self.reminders is not None:
-            self.reminders.stop()
+            await self.reminders.stop()
         if self.syncer is not None:
             self.syncer.stop()
         await self.runner.stop()
@@ -180,7 +180,9 @@ class NerbotApp:
                                backup_check=config.synapse_admin.backup_check == "admin-login",
                                concurrency=config.synapse_admin.concurrency)
         policy = AssessmentPolicy(stale_after_days=config.assessment.stale_after_days)
-        return HygieneService(self.directory, admin, policy, self.clock)
+        home = server_of(config.matrix.user_id)
+        return HygieneService(self.directory, admin, policy, self.clock,
+                              is_local=lambda user_id: server_of(user_id) == home)
 
     def _build_outreach(self, store: Store, transport: MatrixTransport) -> ReminderService:
         """Reminders and alerts, sharing one text source and one exactly-once outbox."""

@@ -40,3 +40,11 @@ class VerificationRefused(NerbotError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class FactsUnavailable(NerbotError):
+    """A user's key facts could not be fetched (their homeserver did not answer, or ours)."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"key facts for {user_id} are unavailable right now")
+        self.user_id = user_id

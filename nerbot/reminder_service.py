@@ -6,10 +6,15 @@ message is recorded in the outbox together with the policy state in one transact
 it is sent, so a crash at any point neither loses nor duplicates a reminder (see
 ``nerbot.outbox``). A scan missed while the bot was down runs once at start, not once per
 missed interval (the last scan time is kept in the database).
+
+One person never stops the run for the others: someone whose facts cannot be had (their
+homeserver is down) or whose step fails is logged with their ID, counted in the scan's summary
+and looked at again at the next scan.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -57,6 +62,7 @@ class ReminderText(Protocol):
 class ScanStats:
     users: int = 0
     queued: int = 0
+    failed: int = 0  # people whose facts could not be had or whose step failed
     held: dict[str, int] = dataclasses.field(default_factory=dict)
     scan_seconds: float = 0.0
     delivery: DeliveryStats | None = None
@@ -80,6 +86,7 @@ class ReminderService:
         self.observe_keys = observe_keys  # new-session detection for users sync doesn't cover
         self.scheduler: Any = None
         self._monotonic = monotonic or time.monotonic
+        self._running: set[asyncio.Task[Any]] = set()  # scheduled runs, cancelled on stop
 
     # -- deciding ------------------------------------------------------------------------------
 
@@ -118,11 +125,17 @@ class ReminderService:
         reports = await self.hygiene.assess(list(users))
         for user_id in users:
             report = reports.get(user_id)
-            if report is None:
+            if report is None:  # the hygiene service logged why
+                stats.failed += 1
                 continue
-            if self.observe_keys is not None:
-                await self.observe_keys(user_id)
-            decision = self.queue(user_id, report)
+            try:
+                if self.observe_keys is not None:
+                    await self.observe_keys(user_id)
+                decision = self.queue(user_id, report)
+            except Exception:  # this person is looked at again next scan; the others go on
+                logger.exception("Reminder scan: %s failed; the scan goes on", user_id)
+                stats.failed += 1
+                continue
             if decision.due:
                 stats.queued += 1
             else:
@@ -130,8 +143,9 @@ class ReminderService:
         stats.users = len(users)
         stats.scan_seconds = self._monotonic() - started
         self.store.set_meta(LAST_SCAN_META, str(self.clock.now_ms()))
-        logger.info("Reminder scan: %d users, %d queued, held %s (%.1f s)", stats.users,
-                    stats.queued, stats.held, stats.scan_seconds)
+        logger.log(logging.WARNING if stats.failed else logging.INFO,
+                   "Reminder scan: %d users, %d queued, held %s, %d failed (%.1f s)",
+                   stats.users, stats.queued, stats.held, stats.failed, stats.scan_seconds)
         if deliver:
             stats.delivery = await self.outbox.deliver()
         return stats
@@ -176,13 +190,24 @@ class ReminderService:
         await self._guarded(self.scan())
 
     async def _guarded(self, work: Awaitable[Any]) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
         try:
             await work
         except Exception:  # a failed scan is logged and retried next time, never fatal
             logger.exception("Reminder run failed")
+        finally:
+            self._running.discard(task)  # type: ignore[arg-type,unused-ignore]
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        """Stop scheduling and end a run in progress before the client under it closes
+        (a run left going would open a new HTTP session on a closed client)."""
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         self.scheduler = None
+        running = list(self._running)
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 

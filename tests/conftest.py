@@ -2,6 +2,12 @@
 
 The Synapse virtualenv is cached in ``<repo>/.cache/synapse-venv`` (``$NERBOT_SYNAPSE_VENV``
 overrides), so only the first run on a machine pays for the install.
+
+The session server (``localhost``) also listens for federation on 127.0.0.1:8448, where other
+servers look for a name without a port. Tests that need people on another server use
+``remote_synapse`` / ``make_remote_user``: a second server, ``127.0.0.1:<port>``, started on
+first use. Only one test session on a machine can own 8448; a second concurrent session runs
+without federation, and only its federation tests fail (saying so).
 """
 
 from __future__ import annotations
@@ -18,20 +24,29 @@ from typing import Protocol
 import pytest
 
 from nerbot.localdev.peer import E2EEPeer
-from nerbot.localdev.synapse import VENV_ENV_VAR, LocalSynapse, default_venv_dir
+from nerbot.localdev.synapse import (
+    DEFAULT_FEDERATION_PORT,
+    VENV_ENV_VAR,
+    LocalSynapse,
+    PortInUseError,
+    default_venv_dir,
+    port_is_free,
+)
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TestUser:
-    """An account on the session's Synapse (registered, with no devices)."""
+    """A registered account with no devices, on ``homeserver_url`` (the session's Synapse or
+    the remote one), so ``make_peer`` logs it in at the right server."""
 
     __test__ = False  # not a test class, despite the name
 
     user_id: str
     localpart: str
     password: str
+    homeserver_url: str
 
 
 class MakeUser(Protocol):
@@ -45,39 +60,104 @@ class MakePeer(Protocol):
     ) -> Awaitable[E2EEPeer]: ...
 
 
-@pytest.fixture(scope="session")
-def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSynapse]:
-    """A started Synapse for the whole session; stopped (by PID) at the end."""
-    venv = Path(os.environ[VENV_ENV_VAR]) if os.environ.get(VENV_ENV_VAR) else default_venv_dir()
-    server = LocalSynapse(tmp_path_factory.mktemp("synapse"), venv_dir=venv)
+def _venv_dir() -> Path:
+    return Path(os.environ[VENV_ENV_VAR]) if os.environ.get(VENV_ENV_VAR) else default_venv_dir()
+
+
+def _start(server: LocalSynapse) -> None:
+    """Install (or reuse) and start ``server``, stopping it again if the start fails."""
     try:
         server.install()
         server.start()
-        logger.warning("Synapse %s: install/check %.1f s, start %.1f s",
-                       server.url, server.install_seconds, server.start_seconds)
+    except BaseException:
+        server.stop()
+        raise
+
+
+@pytest.fixture(scope="session")
+def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSynapse]:
+    """A started Synapse for the whole session; stopped (by PID) at the end.
+
+    It federates on 127.0.0.1:8448 when that port is free. When another test session holds
+    it, this one starts without federation rather than failing every test; ``remote_synapse``
+    then fails the tests that need federation, naming the port.
+    """
+    data_dir = tmp_path_factory.mktemp("synapse")
+    federation_port: int | None = DEFAULT_FEDERATION_PORT
+    if not port_is_free(DEFAULT_FEDERATION_PORT):
+        logger.warning("Port %d is taken (another test session?): the session Synapse runs "
+                       "without federation", DEFAULT_FEDERATION_PORT)
+        federation_port = None
+    server = LocalSynapse(data_dir, venv_dir=_venv_dir(), federation_port=federation_port)
+    try:
+        _start(server)
+    except PortInUseError as exc:  # taken between our probe and Synapse's bind
+        if exc.port != DEFAULT_FEDERATION_PORT:
+            raise
+        logger.warning("%s\nStarting the session Synapse without federation", exc)
+        server = LocalSynapse(data_dir, venv_dir=_venv_dir())
+        _start(server)
+    try:
+        logger.warning("Synapse %s: install/check %.1f s, start %.1f s, federation port %s",
+                       server.url, server.install_seconds, server.start_seconds,
+                       server.federation_port)
         yield server
     finally:
         server.stop()
 
 
-@pytest.fixture
-def make_user(synapse: LocalSynapse) -> MakeUser:
-    """``make_user(prefix="u", admin=False) -> TestUser`` with a unique localpart."""
+@pytest.fixture(scope="session")
+def remote_synapse(
+    synapse: LocalSynapse, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalSynapse]:
+    """A second homeserver, ``127.0.0.1:<port>``, federating with ``synapse``.
 
+    Session-scoped but started only when a test asks for it; stopped (by PID) at the end.
+    """
+    if synapse.federation_port != DEFAULT_FEDERATION_PORT:
+        pytest.fail(f"the session Synapse could not take port {DEFAULT_FEDERATION_PORT} for "
+                    "federation (held by another test session?), so no server can reach "
+                    f"{synapse.server_name!r}; free port {DEFAULT_FEDERATION_PORT} and rerun")
+    server = LocalSynapse.remote(tmp_path_factory.mktemp("remote-synapse"),
+                                 venv_dir=synapse.venv_dir)
+    _start(server)
+    try:
+        logger.warning("Remote Synapse %s (%s): start %.1f s", server.url, server.server_name,
+                       server.start_seconds)
+        yield server
+    finally:
+        server.stop()
+
+
+def _user_maker(server: LocalSynapse) -> MakeUser:
     def make(prefix: str = "u", admin: bool = False) -> TestUser:
         localpart = f"{prefix}-{uuid.uuid4().hex[:10]}"
         password = secrets.token_urlsafe(12)
-        user_id = synapse.register_user(localpart, password, admin=admin)
-        return TestUser(user_id, localpart, password)
+        user_id = server.register_user(localpart, password, admin=admin)
+        return TestUser(user_id, localpart, password, server.url)
 
     return make
 
 
 @pytest.fixture
-async def make_peer(synapse: LocalSynapse, tmp_path: Path) -> AsyncIterator[MakePeer]:
+def make_user(synapse: LocalSynapse) -> MakeUser:
+    """``make_user(prefix="u", admin=False) -> TestUser`` with a unique localpart."""
+    return _user_maker(synapse)
+
+
+@pytest.fixture
+def make_remote_user(remote_synapse: LocalSynapse) -> MakeUser:
+    """``make_remote_user(prefix="u", admin=False) -> TestUser`` on ``remote_synapse``."""
+    return _user_maker(remote_synapse)
+
+
+@pytest.fixture
+async def make_peer(tmp_path: Path) -> AsyncIterator[MakePeer]:
     """``await make_peer(user) -> E2EEPeer``: logged in, syncing (first sync done) by default.
 
-    Every peer made here is closed at teardown.
+    The peer logs in at the user's own server (``TestUser.homeserver_url``), so the same
+    fixture serves users of ``make_user`` and ``make_remote_user``. Every peer made here is
+    closed at teardown.
     """
     peers: list[E2EEPeer] = []
 
@@ -85,7 +165,7 @@ async def make_peer(synapse: LocalSynapse, tmp_path: Path) -> AsyncIterator[Make
         user: TestUser, start: bool = True, device_name: str = "peer", auto_join: bool = True,
     ) -> E2EEPeer:
         store = tmp_path / f"peer-{user.localpart}-{len(peers)}"
-        peer = await E2EEPeer.login(synapse.url, user.user_id, user.password, store,
+        peer = await E2EEPeer.login(user.homeserver_url, user.user_id, user.password, store,
                                     device_name=device_name, auto_join=auto_join)
         peers.append(peer)
         if start:

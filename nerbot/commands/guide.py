@@ -35,6 +35,7 @@ from nerbot.domain.guide import (
     start_guide,
     suggest_guide,
 )
+from nerbot.errors import FactsUnavailable
 from nerbot.i18n import Catalog, Voice
 from nerbot.ids import UserId
 from nerbot.ports import Messenger
@@ -88,7 +89,10 @@ class GuideConversation:
         if chosen is not None:
             return chosen
         if report is None:
-            report = await self.hygiene.assess_one(user_id)
+            try:
+                report = await self.hygiene.assess_one(user_id)
+            except FactsUnavailable:  # their server is not answering: guess from nothing
+                return guess_platform(())
         return guess_platform(s.device for s in report.sessions)
 
     def step_text(self, user_id: UserId, guide: Guide, progress: GuideProgress,

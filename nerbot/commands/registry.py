@@ -7,8 +7,9 @@ import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
+from nerbot.errors import FactsUnavailable
 from nerbot.i18n import Catalog, Language
-from nerbot.ids import EventId, RoomId, UserId
+from nerbot.ids import EventId, RoomId, UserId, server_of
 from nerbot.ports import Messenger
 
 logger = logging.getLogger(__name__)
@@ -163,6 +164,11 @@ class CommandRouter:
             await command.handler(ctx)
         except UsageError:
             await ctx.reply("command.usage", usage=ctx.t(command.usage_key))
+        except FactsUnavailable as exc:  # their homeserver (or ours) did not answer: say so
+            logger.warning("Command %s from %s: facts of %s unavailable", command.name,
+                           message.sender, exc.user_id)
+            await ctx.reply("command.facts_unavailable", user=exc.user_id,
+                            server=server_of(exc.user_id))
         except Exception:
             ref = secrets.token_hex(4)
             logger.exception("Command %s failed (reference %s)", command.name, ref)

@@ -17,7 +17,7 @@ from nerbot.domain.alerts import AlertDecision
 from nerbot.domain.assessment import UserReport
 from nerbot.domain.reminders import ReminderDecision, parse_duration
 from nerbot.i18n import Catalog, Voice
-from nerbot.ids import UserId
+from nerbot.ids import UserId, server_of
 from nerbot.store import Store
 
 ON_WORDS = {"on", "开", "开启"}
@@ -57,6 +57,8 @@ class MessageText:
                                  mark=MARK["warn"], since=since))
             if finding.device_ids:
                 lines.append(self._sessions(user_id, report, finding.device_ids))
+        if report.remote:
+            lines.append(self.voice.t(user_id, "remind.remote_scope", server=server_of(user_id)))
         lines.append("")
         for guide in dict.fromkeys(f.guide for f in decision.findings):
             lines.append(self.voice.t(user_id, "remind.fix", guide=guide))

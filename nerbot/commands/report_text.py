@@ -7,6 +7,7 @@ import emoji
 from nerbot.domain.assessment import FindingKind, SessionMark, UserReport
 from nerbot.domain.facts import BackupState
 from nerbot.i18n import Catalog
+from nerbot.ids import server_of
 
 MARK = {
     "ok": emoji.emojize(":check_mark_button:"),
@@ -27,9 +28,11 @@ SESSION_LINE = {
 }
 
 
-def render_report(catalog: Catalog, lang: str, report: UserReport, about_self: bool,
-                  show_activity: bool) -> str:
-    """The full report: identity, backup, every session, then the one next step."""
+def render_report(catalog: Catalog, lang: str, report: UserReport, about_self: bool) -> str:
+    """The full report: identity, backup, every session, then the one next step.
+
+    For someone on another homeserver it also says what federation shows and what it cannot.
+    """
     t = catalog.t
     lines = [t(lang, "status.title_self") if about_self
              else t(lang, "status.title_other", user=report.user_id), ""]
@@ -48,6 +51,9 @@ def render_report(catalog: Catalog, lang: str, report: UserReport, about_self: b
         lines.append(t(lang, "status.backup_absent", mark=MARK["bad"]))
     elif "backup_likely_absent" in report.inferred:
         lines.append(t(lang, "status.backup_unknown_likely_absent", mark=MARK["unknown"]))
+    elif report.remote:
+        lines.append(t(lang, "status.backup_unknown_remote", mark=MARK["unknown"],
+                       server=server_of(report.user_id)))
     else:
         lines.append(t(lang, "status.backup_unknown", mark=MARK["unknown"]))
     if opted_out:
@@ -68,8 +74,11 @@ def render_report(catalog: Catalog, lang: str, report: UserReport, about_self: b
         lines.append(line)
     if not report.sessions:
         lines.append(t(lang, "status.no_sessions"))
-    if show_activity:
+    if report.activity_known:
         lines.append(t(lang, "status.activity_source"))
+    if report.remote:
+        lines += ["", t(lang, "status.remote_scope", mark=MARK["info"],
+                        server=server_of(report.user_id))]
 
     if report.findings:
         lines.append("")

@@ -15,9 +15,6 @@ logger = logging.getLogger(__name__)
 
 
 class Assessor(Protocol):
-    @property
-    def admin_enabled(self) -> bool: ...
-
     async def assess_one(self, user_id: str, fresh: bool = False) -> UserReport: ...
 
 
@@ -43,8 +40,7 @@ def status_commands(
         if not report.exists or (not about_self and not await user_exists(target)):
             text = ctx.t("status.unknown_user", user=target)
         else:
-            text = render_report(ctx.catalog, ctx.language, report, about_self,
-                                 show_activity=hygiene.admin_enabled)
+            text = render_report(ctx.catalog, ctx.language, report, about_self)
         if ctx.is_dm:
             await ctx.messenger.send_notice(ctx.room_id, text)
         else:

@@ -78,7 +78,9 @@ class UserReport:
     """The assessment of one user; ``inferred`` lists conclusions not directly seen.
 
     ``notes`` lists things seen that changed the findings (``"backup_opted_out"``: the user
-    turned key storage off on purpose, so backup is not flagged).
+    turned key storage off on purpose, so backup is not flagged). ``remote``: the user is on
+    another homeserver, so only their keys were seen; ``activity_known``: session last-use
+    times were seen (admin API).
     """
 
     user_id: str
@@ -90,6 +92,8 @@ class UserReport:
     inferred: tuple[str, ...] = field(default=())
     backup_version: str | None = None
     notes: tuple[str, ...] = field(default=())
+    remote: bool = False
+    activity_known: bool = False
 
     @property
     def ok(self) -> bool:
@@ -119,7 +123,8 @@ def _mark(device: DeviceFacts, stale: bool) -> SessionMark:
 def assess_user(facts: UserFacts, policy: AssessmentPolicy, now_ms: int) -> UserReport:
     """The findings for one user, most severe first."""
     if not facts.exists:
-        return UserReport(facts.user_id, False, False, BackupState.UNKNOWN, (), ())
+        return UserReport(facts.user_id, False, False, BackupState.UNKNOWN, (), (),
+                          remote=facts.remote)
     stale_ms = policy.stale_after_days * DAY_MS
     sessions: list[SessionReport] = []
     for device in sorted(facts.devices, key=lambda d: d.device_id):
@@ -173,4 +178,6 @@ def assess_user(facts: UserFacts, policy: AssessmentPolicy, now_ms: int) -> User
         inferred=tuple(inferred),
         backup_version=facts.backup.version,
         notes=tuple(notes),
+        remote=facts.remote,
+        activity_known=facts.device_activity_known,
     )

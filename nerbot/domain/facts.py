@@ -55,6 +55,7 @@ class UserFacts:
     devices: tuple[DeviceFacts, ...]
     backup: BackupFacts = BackupFacts()
     device_activity_known: bool = False  # last-seen times came from the admin API
+    remote: bool = False  # on another homeserver: only what federation shows (keys) is seen
 
     @property
     def cross_signing(self) -> bool:
@@ -82,8 +83,12 @@ class AdminFacts:
     account_data: dict[str, Any] = field(default_factory=dict)
 
 
-def combine(keys: KeyFacts, admin: AdminFacts | None) -> UserFacts:
-    """One ``UserFacts`` from whatever sources answered (the assessment never knows which)."""
+def combine(keys: KeyFacts, admin: AdminFacts | None, remote: bool = False) -> UserFacts:
+    """One ``UserFacts`` from whatever sources answered (the assessment never knows which).
+
+    ``remote``: the user is on another homeserver, so backup, recovery and last use are not
+    merely unknown but cannot be seen from here at all.
+    """
     devices = keys.devices
     if admin is not None:
         devices = tuple(
@@ -99,4 +104,5 @@ def combine(keys: KeyFacts, admin: AdminFacts | None) -> UserFacts:
         devices=devices,
         backup=admin.backup if admin is not None else BackupFacts(),
         device_activity_known=admin is not None,
+        remote=remote,
     )

@@ -19,6 +19,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -74,6 +75,23 @@ _RATE_LIMITS: dict[str, Any] = {
 }
 _SECRET_KEYS = ("registration_shared_secret", "macaroon_secret_key", "form_secret")
 
+DEFAULT_FEDERATION_PORT = 8448
+"""Where other servers reach a server name without a port (``localhost``) when it has no
+``.well-known`` and no SRV record, which is the case on loopback."""
+
+REMOTE_SERVER_HOST = "127.0.0.1"
+"""A remote test server is named ``127.0.0.1:<federation port>``: an IP literal with a port is
+contacted directly on that port, with no ``.well-known`` or SRV lookup that could stall."""
+
+
+class PortInUseError(RuntimeError):
+    """Synapse could not bind one of the ports it was told to use."""
+
+    def __init__(self, port: int, what: str, logs: str) -> None:
+        self.port = port
+        super().__init__(f"Synapse could not listen on 127.0.0.1:{port} ({what}): the port is "
+                         f"in use, probably by another Synapse\n{logs}")
+
 
 class SynapseError(RuntimeError):
     """A Synapse API call failed; carries the HTTP status and the Matrix error body."""
@@ -108,7 +126,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _port_is_free(port: int) -> bool:
+def port_is_free(port: int) -> bool:
+    """True if 127.0.0.1:``port`` can be bound now (as Synapse binds it, with SO_REUSEADDR)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -224,6 +243,10 @@ class LocalSynapse:
     The data directory can be reused: secrets and the signing key are kept, so accounts and
     rooms survive a restart (the demo relies on that). The process is started in its own
     process group and stopped by its PID only, so nothing else on the machine is touched.
+
+    With ``federation_port`` the server also speaks federation (TLS, self-signed certificate)
+    on that port, so tests can put people on two servers; see :meth:`remote`. Without it, as in
+    the demo, the server talks to no other server.
     """
 
     def __init__(
@@ -232,23 +255,57 @@ class LocalSynapse:
         port: int | None = None,
         venv_dir: Path | None = None,
         server_name: str = "localhost",
+        federation_port: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.venv_dir = Path(venv_dir).resolve() if venv_dir else default_venv_dir().resolve()
         self.server_name = server_name
+        self.federation_port = federation_port
         self._port_requested = port is not None
         self.port = port if port is not None else self._pick_port()
+        if self.port == federation_port:
+            if self._port_requested:
+                raise ValueError(f"client and federation port are both {self.port}")
+            self.port = self._other_free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.install_seconds = 0.0
         self.start_seconds = 0.0
         self._installed = False
 
+    @classmethod
+    def remote(cls, data_dir: Path, venv_dir: Path | None = None) -> LocalSynapse:
+        """A second server, named ``127.0.0.1:<federation port>``, to federate with another.
+
+        The federation port is part of the server name, which can never change for a data
+        directory, so a reused data dir keeps its port; a new one gets a free port.
+        """
+        federation_port: int | None = None
+        config_path = Path(data_dir) / "homeserver.yaml"
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            name = str(json.loads(config_path.read_text()).get("server_name"))
+            host, _, port = name.rpartition(":")
+            if host == REMOTE_SERVER_HOST:
+                federation_port = int(port)
+        if federation_port is None:
+            federation_port = free_port()
+        return cls(data_dir, venv_dir=venv_dir, federation_port=federation_port,
+                   server_name=f"{REMOTE_SERVER_HOST}:{federation_port}")
+
     # -- paths and properties --------------------------------------------------------------
 
     @property
     def url(self) -> str:
-        """Base URL of the client API, e.g. ``http://127.0.0.1:8448``."""
+        """Base URL of the client API, e.g. ``http://127.0.0.1:8008``."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def tls_certificate_path(self) -> Path:
+        """Self-signed certificate of the federation listener (nobody verifies it)."""
+        return self.data_dir / "federation.crt"
+
+    @property
+    def tls_key_path(self) -> Path:
+        return self.data_dir / "federation.key"
 
     @property
     def config_path(self) -> Path:
@@ -286,9 +343,16 @@ class LocalSynapse:
             existing = self._existing_config()
             if existing is not None:
                 previous = int(existing["listeners"][0]["port"])
-                if _port_is_free(previous):
+                if port_is_free(previous):
                     return previous
         return free_port()
+
+    def _other_free_port(self) -> int:
+        """A free port for the client API that is not the federation port."""
+        while True:
+            port = free_port()
+            if port != self.federation_port:
+                return port
 
     # -- install and configuration ---------------------------------------------------------
 
@@ -324,7 +388,7 @@ class LocalSynapse:
                 "tls": False,
                 "x_forwarded": False,
                 "resources": [{"names": ["client"], "compress": False}],
-            }],
+            }, *self._federation_listeners()],
             "database": {"name": "sqlite3",
                          "args": {"database": str(self.data_dir / "homeserver.db")}},
             "log_config": str(self.data_dir / "log.config"),
@@ -343,6 +407,7 @@ class LocalSynapse:
             "user_directory": {"enabled": True, "search_all_users": True},
             **self._secrets(),
             **_RATE_LIMITS,
+            **self._federation_settings(),
         }
         fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -357,6 +422,68 @@ class LocalSynapse:
             "disable_existing_loggers": False,
         }
         (self.data_dir / "log.config").write_text(json.dumps(log_config, indent=2))
+
+    def _federation_listeners(self) -> list[dict[str, Any]]:
+        """The TLS listener other servers talk to (federation API and signing keys), if any."""
+        if self.federation_port is None:
+            return []
+        return [{
+            "port": self.federation_port,
+            "bind_addresses": ["127.0.0.1"],
+            "type": "http",
+            "tls": True,
+            "x_forwarded": False,
+            "resources": [{"names": ["federation"], "compress": False}],
+        }]
+
+    def _federation_settings(self) -> dict[str, Any]:
+        """What it takes for two servers on loopback to talk to each other.
+
+        Synapse refuses to contact private addresses by default (``ip_range_blacklist``) and
+        verifies certificates; neither makes sense between two throw-away servers on
+        127.0.0.1. Both are relaxed only when federation is asked for. A server that was
+        down is tried again after seconds, not Synapse's 10 minutes: tests stop and restart
+        servers on purpose.
+        """
+        if self.federation_port is None:
+            return {}
+        return {
+            "tls_certificate_path": str(self.tls_certificate_path),
+            "tls_private_key_path": str(self.tls_key_path),
+            "federation_verify_certificates": False,
+            "ip_range_whitelist": ["127.0.0.0/8"],
+            "ip_range_blacklist": [],
+            "federation": {"destination_min_retry_interval": "1s",
+                           "destination_max_retry_interval": "2s"},
+        }
+
+    def _write_tls_certificate(self) -> None:
+        """Create the federation listener's self-signed certificate unless there is one.
+
+        Written under temporary names and renamed into place, so an interrupted ``openssl``
+        never leaves a half pair that later runs would keep.
+        """
+        if self.tls_certificate_path.exists() and self.tls_key_path.exists():
+            return
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise RuntimeError("a federating test Synapse needs the openssl command for its "
+                               "self-signed TLS certificate; install openssl")
+        key_tmp = self.tls_key_path.with_suffix(".key.tmp")
+        cert_tmp = self.tls_certificate_path.with_suffix(".crt.tmp")
+        key_tmp.unlink(missing_ok=True)
+        os.close(os.open(key_tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        host = self.server_name.rpartition(":")[0] or self.server_name
+        result = subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                                 "-days", "3650", "-subj", f"/CN={host}",
+                                 "-keyout", str(key_tmp), "-out", str(cert_tmp)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"openssl could not make a certificate in {self.data_dir}: "
+                               f"{result.stderr.decode(errors='replace').strip()}")
+        key_tmp.chmod(0o600)
+        key_tmp.replace(self.tls_key_path)
+        cert_tmp.replace(self.tls_certificate_path)
 
     def _write_signing_key(self) -> None:
         """Create the server's Ed25519 signing key unless the data dir already has one.
@@ -403,6 +530,22 @@ class LocalSynapse:
                 out.append(f"--- {path.name} ---\n" + "\n".join(tail))
         return "\n".join(out)
 
+    def _stdout_size(self) -> int:
+        path = self.data_dir / "stdout.log"
+        return path.stat().st_size if path.exists() else 0
+
+    def _could_not_bind(self, port: int, log_offset: int) -> bool:
+        """Whether this start's output (from ``log_offset`` on) says ``port`` was taken.
+
+        Twisted's ``CannotListenError`` names the address, which tells a taken client port
+        (worth retrying on another) from a taken federation port (fixed: the caller decides).
+        """
+        with contextlib.suppress(OSError), (self.data_dir / "stdout.log").open("rb") as fh:
+            fh.seek(log_offset)
+            output = fh.read().decode(errors="replace")
+            return re.search(rf"Couldn't listen on 127\.0\.0\.1:{port}\b", output) is not None
+        return False
+
     def _launch(self) -> subprocess.Popen[bytes]:
         with (self.data_dir / "stdout.log").open("ab") as log:
             process = subprocess.Popen(
@@ -437,6 +580,9 @@ class LocalSynapse:
         for attempt in range(1, attempts + 1):
             self.write_config()
             self._write_signing_key()
+            if self.federation_port is not None:
+                self._write_tls_certificate()
+            log_offset = self._stdout_size()
             started = time.monotonic()
             self.process = self._launch()
             deadline = started + timeout
@@ -458,11 +604,17 @@ class LocalSynapse:
             self.process = None
             (self.data_dir / "nerbot-synapse.pid").unlink(missing_ok=True)
             logs = self._tail_logs()
-            if attempt < attempts and "Address already in use" in logs:
-                # The auto-picked port was taken between our probe and Synapse's bind.
-                logger.warning("Port %d was taken; retrying Synapse on another port", self.port)
-                self.port = free_port()
-                continue
+            if self._could_not_bind(self.port, log_offset):
+                if attempt < attempts:
+                    # The auto-picked port was taken between our probe and Synapse's bind.
+                    logger.warning("Port %d was taken; retrying Synapse on another port",
+                                   self.port)
+                    self.port = self._other_free_port()
+                    continue
+                raise PortInUseError(self.port, "client API", logs)
+            if self.federation_port is not None \
+                    and self._could_not_bind(self.federation_port, log_offset):
+                raise PortInUseError(self.federation_port, "federation", logs)
             raise RuntimeError(f"Synapse exited with code {code} during start-up\n{logs}")
         raise AssertionError("unreachable")
 

@@ -91,18 +91,21 @@ class AdminProbe:
 
     async def facts_many(self, user_ids: Iterable[str]) -> dict[str, AdminFacts]:
         users = list(user_ids)
-        results = await asyncio.gather(*(self.facts(u) for u in users))
-        return dict(zip(users, results, strict=True))
+        async with asyncio.TaskGroup() as group:  # one failure cancels (and awaits) the rest
+            tasks = [group.create_task(self.facts(u)) for u in users]
+        return {u: t.result() for u, t in zip(users, tasks, strict=True)}
 
     async def facts(self, user_id: str) -> AdminFacts:
         user = _quote(user_id)
         status, _ = await self._call("GET", f"/_synapse/admin/v2/users/{user}", ok=(200, 404))
         if status == 404:
             return AdminFacts(False, BackupFacts(), {}, {})
-        devices, account_data = await asyncio.gather(
-            self._call("GET", f"/_synapse/admin/v2/users/{user}/devices"),
-            self._call("GET", f"/_synapse/admin/v1/users/{user}/accountdata"),
-        )
+        async with asyncio.TaskGroup() as group:  # no request outlives a failed sibling
+            devices_task = group.create_task(
+                self._call("GET", f"/_synapse/admin/v2/users/{user}/devices"))
+            account_data_task = group.create_task(
+                self._call("GET", f"/_synapse/admin/v1/users/{user}/accountdata"))
+        devices, account_data = devices_task.result(), account_data_task.result()
         last_seen = {
             str(d["device_id"]): (int(d["last_seen_ts"]) if d.get("last_seen_ts") else None)
             for d in devices[1].get("devices", []) if isinstance(d, dict) and "device_id" in d

@@ -4,6 +4,10 @@ Every signature is checked here (never trusted from the server's word) and each 
 memoised on (key, signature, signed bytes), so no signature is verified twice. A user's entry is
 dropped when ``/sync`` reports their device list changed; that only happens for users sharing a
 room with the bot, so anyone else is re-queried whenever a scan needs them.
+
+A user whose facts cannot be had (their server is listed in the response's ``failures``, or the
+request itself failed) is left out of the result rather than reported as "no keys": an
+unreachable server must never look like a person without cross-signing.
 """
 
 from __future__ import annotations
@@ -16,7 +20,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+
 from nerbot.domain.facts import DeviceFacts, KeyFacts
+from nerbot.errors import NerbotError
+from nerbot.ids import server_of
 from nerbot.matrix.crosssigning import (
     canonical_json,
     device_keys_of,
@@ -40,6 +48,7 @@ class DirectoryStats:
 
     requests: int = 0
     users_fetched: int = 0
+    users_unavailable: int = 0
     cache_hits: int = 0
     signatures_verified: int = 0
     signature_cache_hits: int = 0
@@ -152,6 +161,8 @@ class KeyDirectory:
         return self._cache.get(user_id)
 
     async def facts(self, user_ids: Iterable[str], fresh: bool = False) -> dict[str, KeyFacts]:
+        """Facts for each user that could be had; a user left out of the result is unavailable
+        (logged here with the reason), never a user without keys."""
         wanted = list(dict.fromkeys(user_ids))
         result: dict[str, KeyFacts] = {}
         missing: list[str] = []
@@ -169,15 +180,32 @@ class KeyDirectory:
         # A few requests in flight ahead of the one being checked: the server (another process)
         # answers them while this process verifies signatures.
         pending = deque(self._fetch(b) for b in batches[:PREFETCH])
-        for index, batch in enumerate(batches):
-            response = await pending.popleft()
-            if index + PREFETCH < len(batches):
-                pending.append(self._fetch(batches[index + PREFETCH]))
-            await asyncio.sleep(0)  # let the queued requests go out before the CPU work
-            for user_id in batch:
-                facts = facts_from_response(response, user_id, self._signatures)
-                self._cache[user_id] = facts
-                result[user_id] = facts
+        try:
+            for index, batch in enumerate(batches):
+                current = pending.popleft()
+                if index + PREFETCH < len(batches):
+                    pending.append(self._fetch(batches[index + PREFETCH]))
+                try:
+                    response = await current
+                except FETCH_ERRORS as exc:  # this batch is unavailable; the others go on
+                    logger.warning("Key query for %d user(s) failed (%s: %s); first: %s",
+                                   len(batch), type(exc).__name__, exc, batch[0])
+                    self.stats.users_unavailable += len(batch)
+                    continue
+                await asyncio.sleep(0)  # let the queued requests go out before the CPU work
+                unreachable = _failed_servers(response)
+                for user_id in batch:
+                    if server_of(user_id) in unreachable and not _listed(response, user_id):
+                        logger.info("Keys of %s unavailable: %s did not answer", user_id,
+                                    server_of(user_id))
+                        self.stats.users_unavailable += 1
+                        continue
+                    facts = facts_from_response(response, user_id, self._signatures)
+                    self._cache[user_id] = facts
+                    result[user_id] = facts
+        finally:
+            for task in pending:  # only left when a caller cancelled us
+                task.cancel()
         return result
 
     def _fetch(self, batch: list[str]) -> asyncio.Task[dict[str, Any]]:
@@ -188,6 +216,22 @@ class KeyDirectory:
             self.stats.users_fetched += len(batch)
             return response
         return asyncio.get_running_loop().create_task(fetch())
+
+
+FETCH_ERRORS: tuple[type[BaseException], ...] = (
+    NerbotError, aiohttp.ClientError, OSError, TimeoutError, ValueError)
+"""What a failed ``/keys/query`` raises (HTTP error, connection, time-out, bad body)."""
+
+
+def _failed_servers(response: Mapping[str, Any]) -> set[str]:
+    failures = response.get("failures")
+    return {str(s) for s in failures} if isinstance(failures, Mapping) else set()
+
+
+def _listed(response: Mapping[str, Any], user_id: str) -> bool:
+    """The server answered for this user after all (e.g. from its device-list cache)."""
+    return any(isinstance(section, Mapping) and user_id in section
+               for section in (response.get("device_keys"), response.get("master_keys")))
 
 
 async def user_exists(http: MatrixHttp, user_id: str) -> bool:

@@ -133,6 +133,7 @@ async def open_session(config: Config, store: Store) -> MatrixSession:
             logger.warning("Stored access token was rejected (%s); logging in with password",
                            str(exc).split(":", 1)[0])
             config.session_path.unlink(missing_ok=True)
+            await api.async_client.close()  # its HTTP session must not outlive it
             creds.access_token = None
             creds.device_id = cast(str, known_device)  # None: the server picks a new one
             api = botlib.Api(creds, _botlib_config(config))

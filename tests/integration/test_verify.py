@@ -7,6 +7,7 @@ against the real bot on a real Synapse. The emoji the bot shows are compared wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -75,15 +76,14 @@ class Setup:
         return self.bot.store.verifications(UserId(self.user_id))
 
 
-@pytest.fixture
-async def setup(jspeer_ready: None, start_bot: Callable[..., Any], make_user: Any,
-                synapse: Any) -> AsyncIterator[Setup]:
-    clock = Clock()
-    bot = await start_bot(clock=clock)
-    user = make_user("element")
+@contextlib.asynccontextmanager
+async def element_in_dm(bot: NerbotApp, user: Any, clock: Clock) -> AsyncIterator[Setup]:
+    """A js-sdk peer (Element's crypto) for ``user`` on their own homeserver, cross-signed, in
+    an encrypted DM with the bot, knowing the bot's device; the bot's emoji are recorded."""
     peer = await JsPeer.start(name=user.localpart)
     try:
-        await peer.login(synapse.url, user.user_id, user.password, device_name="Element")
+        await peer.login(user.homeserver_url, user.user_id, user.password,
+                         device_name="Element")
         await peer.call("bootstrap_cross_signing", password=user.password)
         bot_id = bot.config.matrix.user_id
         room_id = str((await peer.call("create_dm", user_id=bot_id))["room_id"])
@@ -106,6 +106,15 @@ async def setup(jspeer_ready: None, start_bot: Callable[..., Any], make_user: An
         yield Setup(bot, peer, user.user_id, room_id, shown, clock)
     finally:
         await peer.close()
+
+
+@pytest.fixture
+async def setup(jspeer_ready: None, start_bot: Callable[..., Any], make_user: Any
+                ) -> AsyncIterator[Setup]:
+    clock = Clock()
+    bot = await start_bot(clock=clock)
+    async with element_in_dm(bot, make_user("element"), clock) as opened:
+        yield opened
 
 
 async def finish_and_check(s: Setup, txn: str | None = None) -> None:

@@ -156,3 +156,18 @@ async def test_fingerprint_command() -> None:
     router, messenger, _ = make_router(store)
     await router.handle(msg("!fingerprint"))
     assert "`ABCD EFGH`" in messenger.sent[-1][1]
+
+
+async def test_unreachable_homeserver_gets_a_localized_answer_not_a_failure() -> None:
+    from nerbot.errors import FactsUnavailable
+
+    store = Store(":memory:")
+    router, messenger, registry = make_router(store)
+
+    async def needs_facts(ctx: CommandContext) -> None:
+        raise FactsUnavailable("@r:far.example")
+
+    registry.add(Command("needs-facts", needs_facts))
+    await router.handle(msg("!needs-facts"))
+    (_, text), = messenger.sent
+    assert "far.example" in text and "没有响应" in text and "编号" not in text

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from nerbot.domain.assessment import DAY_MS, AssessmentPolicy
-from nerbot.domain.facts import AdminFacts, BackupFacts, DeviceFacts, KeyFacts
+import pytest
+
+from nerbot.domain.assessment import DAY_MS, AssessmentPolicy, FindingKind
+from nerbot.domain.facts import AdminFacts, BackupFacts, BackupState, DeviceFacts, KeyFacts
+from nerbot.errors import FactsUnavailable, MatrixRequestError
 from nerbot.hygiene import HygieneService
 
 
@@ -67,3 +70,61 @@ async def test_admin_facts_cached_for_a_while_and_fresh_bypasses() -> None:
     clock.now += 1001
     await service.assess_one("@a:hs")
     assert admin.calls == 3
+
+
+class Federation(Keys):
+    """Keys for a local and a remote user; ``@gone:down`` is on a server that does not answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.facts_by_user["@r:far"] = KeyFacts("@r:far", True, True, "R",
+                                                (DeviceFacts("R", None, True, False),))
+
+    async def facts(self, user_ids: Iterable[str], fresh: bool = False) -> dict[str, KeyFacts]:
+        self.calls += 1
+        return {u: self.facts_by_user[u] for u in user_ids if u in self.facts_by_user}
+
+
+class LocalOnlyAdmin(Admin):
+    """Like Synapse's admin API: 400 for another server's user; ``@b:hs`` fails once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+
+    async def facts(self, user_id: str) -> AdminFacts:
+        self.asked.append(user_id)
+        if not user_id.endswith(":hs"):
+            raise MatrixRequestError("GET", "/users", 400, {"error": "Can only look up local"})
+        if user_id == "@b:hs" and self.asked.count(user_id) == 1:
+            raise MatrixRequestError("GET", "/users", 500, {})
+        return await super().facts(user_id)
+
+
+def federation_service() -> tuple[HygieneService, LocalOnlyAdmin]:
+    keys, admin = Federation(), LocalOnlyAdmin()
+    keys.facts_by_user["@b:hs"] = keys.facts_by_user["@a:hs"]
+    service = HygieneService(keys, admin, AssessmentPolicy(), Clock(),
+                             is_local=lambda u: u.endswith(":hs"))
+    return service, admin
+
+
+async def test_admin_api_is_asked_about_local_users_only() -> None:
+    service, admin = federation_service()
+    reports = await service.assess(["@a:hs", "@r:far"])
+    assert admin.asked == ["@a:hs"]
+    local, remote = reports["@a:hs"], reports["@r:far"]
+    assert local.activity_known and not local.remote
+    assert remote.remote and not remote.activity_known
+    assert remote.backup is BackupState.UNKNOWN and "backup_not_visible" in remote.inferred
+    assert [f.kind for f in remote.findings] == [FindingKind.UNVERIFIED_SESSIONS]
+
+
+async def test_one_users_failure_leaves_the_others_assessed() -> None:
+    service, _ = federation_service()
+    reports = await service.assess(["@a:hs", "@b:hs", "@r:far", "@gone:down"])
+    assert set(reports) == {"@a:hs", "@r:far"}  # @b: admin API failed; @gone: no keys
+    assert set(await service.assess(["@b:hs"])) == {"@b:hs"}  # tried again, not cached
+    with pytest.raises(FactsUnavailable) as raised:
+        await service.assess_one("@gone:down")
+    assert raised.value.user_id == "@gone:down"

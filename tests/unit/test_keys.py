@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from nerbot.domain.facts import KeyFacts
+from nerbot.errors import MatrixRequestError
 from nerbot.matrix.crosssigning import CrossSigningKeys, SigningKey, sign_json
 from nerbot.matrix.keys import DirectoryStats, KeyDirectory, SignatureCache, facts_from_response
 
@@ -109,3 +110,41 @@ async def test_directory_batches_caches_and_distrusts_strangers() -> None:
     await directory.facts(["@u0:hs"], fresh=True)
     assert http.batches == [["@u0:hs"]]
     assert directory.stats.cache_hits == 5
+
+
+class UnreachableServers(FakeHttp):
+    """Like Synapse when a remote server is down: its users are missing and it is in failures,
+    unless the server answered from its own device-list cache. A batch naming ``@boom`` fails."""
+
+    def __init__(self, table: dict[str, dict[str, Any]], down: set[str],
+                 cached: set[str]) -> None:
+        super().__init__(table)
+        self.down, self.cached = down, cached
+
+    async def request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                      **_: Any) -> tuple[int, dict[str, Any]]:
+        assert body is not None
+        users = list(body["device_keys"])
+        self.batches.append(users)
+        if "@boom:hs" in users:
+            raise MatrixRequestError(method, path, 502, {"errcode": "M_UNKNOWN"})
+        listed = {u for u in users if u.split(":", 1)[1] not in self.down or u in self.cached}
+        return 200, {"device_keys": {u: self.table.get(u, {}) for u in listed},
+                     "failures": {s: {"status": 503} for s in self.down}}
+
+
+async def test_unreachable_users_are_left_out_not_reported_without_keys() -> None:
+    a = SigningKey.generate()
+    table = {"@a:hs": {"A": device_keys("A", a)}, "@r:far": {}, "@c:far": {},
+             "@boom:hs": {}, "@z:hs": {}}
+    http = UnreachableServers(table, down={"far"}, cached={"@c:far"})
+    directory = KeyDirectory(http, shares_room=lambda u: True,  # type: ignore[arg-type]
+                             batch_size=2)
+    facts = await directory.facts(["@a:hs", "@r:far", "@c:far", "@boom:hs", "@z:hs"])
+    # @r: its server is down and nothing is cached; @boom's whole batch (with @c) failed.
+    assert set(facts) == {"@a:hs", "@z:hs"}
+    assert facts["@a:hs"].devices[0].has_identity_keys
+    assert directory.stats.users_unavailable == 3
+    assert directory.cached("@r:far") is None  # nothing cached: asked again next time
+    again = await directory.facts(["@c:far"])
+    assert set(again) == {"@c:far"}  # answered from the server's cache despite the failure

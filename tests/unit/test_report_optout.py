@@ -24,12 +24,13 @@ def report(opted_out: bool | None, state: BackupState = BackupState.ABSENT,
     facts = UserFacts("@a:hs", True, cross_signing, cross_signing,
                       devices or (DeviceFacts("A", "laptop", True, cross_signing),),
                       BackupFacts(state, "7" if state is BackupState.PRESENT else None,
-                                  secret_storage=False, storage_opted_out=opted_out))
+                                  secret_storage=False, storage_opted_out=opted_out),
+                      device_activity_known=True)  # backup facts come with the admin API
     return assess_user(facts, AssessmentPolicy(), 0)
 
 
 def render(lang: str, r: UserReport) -> str:
-    return render_report(CATALOG, lang, r, about_self=True, show_activity=True)
+    return render_report(CATALOG, lang, r, about_self=True)
 
 
 @pytest.mark.parametrize("lang", ["en", "zh"])

@@ -1,0 +1,152 @@
+"""One person's failure never stops a batch: the scan and the alert checks go on for the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+
+import pytest
+
+from nerbot.alert_service import AlertService
+from nerbot.config import RemindersConfig
+from nerbot.domain.alerts import AlertDecision
+from nerbot.domain.assessment import AssessmentPolicy, UserReport, assess_user
+from nerbot.domain.facts import DeviceFacts, KeyFacts, UserFacts
+from nerbot.domain.reminders import ReminderDecision, ReminderSettings
+from nerbot.ids import UserId
+from nerbot.outbox import DeliveryStats
+from nerbot.reminder_service import ReminderService
+from nerbot.runner import TaskRunner
+from nerbot.store import Store
+
+NOW = 400 * 24 * 3600 * 1000 + 12 * 3600 * 1000  # midday UTC, outside quiet hours
+A, B, C, D = (UserId(f"@{n}:hs") for n in "abcd")
+
+
+class Clock:
+    def now_ms(self) -> int:
+        return NOW
+
+
+def at_risk(user_id: str) -> UserReport:
+    """No cross-signing identity: always worth a reminder."""
+    facts = UserFacts(user_id, True, False, False, (DeviceFacts("X", "phone", True, False),))
+    return assess_user(facts, AssessmentPolicy(), NOW)
+
+
+class Hygiene:
+    """Reports for everyone but ``unavailable`` (as if their homeserver did not answer)."""
+
+    def __init__(self, unavailable: set[str]) -> None:
+        self.unavailable = unavailable
+
+    async def assess(self, user_ids: list[str], fresh: bool = False) -> dict[str, UserReport]:
+        return {u: at_risk(u) for u in user_ids if u not in self.unavailable}
+
+
+class Text:
+    def reminder(self, user_id: UserId, decision: ReminderDecision, report: UserReport) -> str:
+        return f"reminder for {user_id}"
+
+    def all_good(self, user_id: UserId) -> str:
+        return "all good"
+
+    def alert(self, user_id: UserId, decision: AlertDecision, noticed_ms: int) -> str:
+        return f"alert for {user_id}"
+
+
+class Outbox:
+    def __init__(self) -> None:
+        self.runs = 0
+
+    async def deliver(self) -> DeliveryStats:
+        self.runs += 1
+        return DeliveryStats()
+
+
+async def test_scan_goes_on_past_unavailable_and_failing_people(
+        caplog: pytest.LogCaptureFixture) -> None:
+    store = Store(":memory:")
+
+    async def audience() -> list[UserId]:
+        return [A, B, C, D]
+
+    async def observe(user_id: UserId) -> object:
+        if user_id == C:
+            raise RuntimeError("alert bookkeeping broke for this one person")
+        return None
+
+    config = RemindersConfig(policy=ReminderSettings(grace_ms=0))
+    service = ReminderService(config, store, Hygiene({B}), audience, Text(), Outbox(),  # type: ignore[arg-type]
+                              Clock(), observe_keys=observe)
+    with caplog.at_level(logging.INFO, logger="nerbot.reminder_service"):
+        stats = await service.scan()
+    assert (stats.users, stats.queued, stats.failed) == (4, 2, 2)
+    assert sorted(m.user_id for m in store.pending_messages()) == [A, D]
+    assert any("@c:hs failed" in r.getMessage() for r in caplog.records)
+    summary = [r for r in caplog.records if r.getMessage().startswith("Reminder scan: 4 users")]
+    assert len(summary) == 1 and "2 failed" in summary[0].getMessage()
+    assert summary[0].levelno == logging.WARNING
+    # Next scan: B is reachable again and is reminded; A and D are not reminded twice.
+    service.hygiene = Hygiene(set())
+    stats = await service.scan()
+    assert sorted(m.user_id for m in store.pending_messages()) == [A, B, D]
+
+
+async def until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    """Wait for background work to reach a state (fails the test after ``seconds``)."""
+    for _ in range(int(seconds / 0.005)):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+class Keys:
+    """Key facts; users in ``down`` are left out, as the directory does for a dead server."""
+
+    def __init__(self, down: set[str]) -> None:
+        self.down = down
+        self.asked: list[list[str]] = []
+
+    async def facts(self, user_ids: Iterable[str], fresh: bool = False) -> dict[str, KeyFacts]:
+        users = list(user_ids)
+        self.asked.append(users)
+        return {u: KeyFacts(u, True, True, "M", (DeviceFacts(f"N{len(self.asked)}", "new",
+                                                             True, False),))
+                for u in users if u not in self.down}
+
+
+async def test_alert_checks_retry_the_unavailable_and_go_on_for_the_rest() -> None:
+    store, runner, outbox = Store(":memory:"), TaskRunner(), Outbox()
+    keys = Keys(down={B})
+    alerts = AlertService(store, keys, Text(), outbox, Clock(), runner, UserId("@bot:hs"),  # type: ignore[arg-type]
+                          debounce_seconds=0)
+    alerts.retry_seconds = 0.01
+    for user in (A, B):  # a baseline: the first look at a user never alerts
+        store.remember_devices(user, ["OLD"], 1)
+        store.remember_master_key(user, "M", 1)
+    alerts.devices_changed([A, B])
+    await until(lambda: len(keys.asked) >= 2)  # the retry of B must follow
+    assert keys.asked[0] == [A, B] and keys.asked[1] == [B]
+    assert [m.user_id for m in store.pending_messages()] == [A]
+    keys.down.clear()  # B's server is back: the next retry finds the new session
+    await until(lambda: len(store.pending_messages()) >= 2)
+    assert sorted(m.user_id for m in store.pending_messages()) == [A, B]
+    assert alerts._tries == {}
+    await runner.stop()
+
+
+async def test_alert_retries_are_bounded() -> None:
+    from nerbot import alert_service
+
+    store, runner = Store(":memory:"), TaskRunner()
+    keys = Keys(down={B})
+    alerts = AlertService(store, keys, Text(), Outbox(), Clock(), runner, UserId("@bot:hs"),  # type: ignore[arg-type]
+                          debounce_seconds=0)
+    alerts.retry_seconds = 0.001
+    alerts.devices_changed([B])
+    await until(lambda: len(keys.asked) >= 2 and B not in alerts._tries)
+    assert len(keys.asked) == alert_service.MAX_RETRIES + 1 and alerts._tries == {}
+    await runner.stop()
