@@ -6,8 +6,9 @@ Alerts go through the same outbox as reminders, so they are exactly-once too, an
 counted in the ``alerts`` table.
 
 A user whose keys cannot be had (their homeserver is down) or whose check fails is logged with
-their ID and looked at again later, with a growing delay and a bounded number of tries (the
-reminder scan looks at everyone anyway); the others in the batch go on.
+their ID and looked at again later, with a growing delay and a bounded number of tries; after
+that they wait for ``retry_now`` (the bot's homeserver is back after an outage) or their next
+device-list change. The others in the batch go on; nobody is dropped.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class AlertService:
         self.retry_seconds = RETRY_SECONDS
         self._waiting: set[str] = set()
         self._tries: dict[str, int] = {}  # failed checks per user since their last success
+        self._parked: set[str] = set()  # out of tries: checked again on retry_now
 
     def devices_changed(self, user_ids: Iterable[str]) -> None:
         """From sync: look at the changed users once the burst has settled, in one batch."""
@@ -88,6 +90,7 @@ class AlertService:
                 failed.append(user_id)
                 continue
             self._tries.pop(user_id, None)
+            self._parked.discard(user_id)
             queued = queued or (decision is not None and decision.alert)
         if failed:
             self._retry_later(failed)
@@ -99,9 +102,10 @@ class AlertService:
         for user_id in users:
             tries = self._tries[user_id] = self._tries.get(user_id, 0) + 1
             if tries > MAX_RETRIES:
-                logger.warning("Alert check for %s failed %d times; the next reminder scan "
-                               "looks again", user_id, MAX_RETRIES)
+                logger.warning("Alert check for %s failed %d times; waiting for the homeserver "
+                               "or their next change", user_id, MAX_RETRIES)
                 del self._tries[user_id]
+                self._parked.add(user_id)
             else:
                 again.append(user_id)
         if not again:
@@ -113,6 +117,15 @@ class AlertService:
             self.devices_changed(again)
 
         self.runner.spawn(retry(), name="alert-retry")
+
+    def retry_now(self) -> None:
+        """Check at once everyone whose check failed (the homeserver is back)."""
+        users = self._parked | set(self._tries)
+        self._parked.clear()
+        self._tries.clear()
+        if users:
+            logger.info("Checking %d user(s) whose alert check failed earlier", len(users))
+            self.devices_changed(users)
 
     async def check(self, user_id: UserId, fresh: bool = False,
                     facts: KeyFacts | None = None, deliver: bool = True

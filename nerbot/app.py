@@ -17,8 +17,8 @@ from nerbot.commands.status import status_commands
 from nerbot.commands.verify import VerificationConversation, verify_commands
 from nerbot.config import Config
 from nerbot.domain.assessment import AssessmentPolicy
-from nerbot.domain.guide import GuideLibrary
 from nerbot.domain.verification import VerificationLimits
+from nerbot.guides import load_library
 from nerbot.hygiene import HygieneService
 from nerbot.i18n import Catalog
 from nerbot.i18n.catalog import load_sas_emoji
@@ -30,8 +30,9 @@ from nerbot.matrix.events import EventRouter
 from nerbot.matrix.http import MatrixHttp
 from nerbot.matrix.identity import IdentityResult, ensure_identity
 from nerbot.matrix.keys import KeyDirectory, user_exists
-from nerbot.matrix.session import TRANSIENT_ERRORS, MatrixSession, open_session
-from nerbot.matrix.syncer import MAX_BACKOFF_SECONDS, SyncLoop
+from nerbot.matrix.reachability import UNREACHABLE_ERRORS, Recovery, versions_probe
+from nerbot.matrix.session import MatrixSession, open_session
+from nerbot.matrix.syncer import SyncLoop
 from nerbot.matrix.transport import MatrixTransport
 from nerbot.matrix.verification import VerificationService
 from nerbot.outbox import OutboxSender
@@ -73,6 +74,7 @@ class NerbotApp:
         self.reminders: ReminderService | None = None
         self.text: MessageText | None = None
         self.syncer: SyncLoop | None = None
+        self.recovery: Recovery | None = None
         self._stopped = asyncio.Event()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -86,12 +88,14 @@ class NerbotApp:
             store.set_meta(FIRST_START_META, str(now))
         not_before = int(store.get_meta(FIRST_START_META) or now)
 
-        session = self.session = await self._with_backoff(
+        http = self.http = MatrixHttp(config.matrix.homeserver)
+        self.recovery = Recovery(versions_probe(http.versions))
+        session = self.session = await self._when_reachable(
             lambda: open_session(config, store), "login"
         )
         client = session.client
-        http = self.http = MatrixHttp(config.matrix.homeserver, session.access_token)
-        self.identity = await self._with_backoff(
+        http.access_token = session.access_token
+        self.identity = await self._when_reachable(
             lambda: ensure_identity(
                 http,
                 config.matrix.user_id,
@@ -112,7 +116,7 @@ class NerbotApp:
         )
         registry.extend(status_commands(hygiene, config.is_admin,
                                         lambda user: user_exists(http, user)))
-        guides = self.guides = GuideConversation(GuideLibrary.load(), store, hygiene, transport,
+        guides = self.guides = GuideConversation(load_library(), store, hygiene, transport,
                                                  self.catalog, self.clock.now_ms)
         verifier = self.verifier = self._build_verifier(client, http, store, transport,
                                                         on_verified=guides.on_verified)
@@ -141,8 +145,8 @@ class NerbotApp:
         )
         events.register()
         verifier.register()
-        syncer = self.syncer = SyncLoop(client, settle=self.runner.settle,
-                                        own_state=self.session.own_state)
+        syncer = self.syncer = SyncLoop(client, self.recovery, settle=self.runner.settle,
+                                        on_reconnected=self._on_reconnected)
         self.runner.spawn(syncer.run(), name="sync")
         self.runner.every(UNDECRYPTABLE_RETRY_SECONDS, events.hold.retry, name="undecryptable")
         await asyncio.wait_for(syncer.first_sync.wait(), first_sync_timeout)
@@ -251,16 +255,26 @@ class NerbotApp:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    async def _with_backoff(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
-        delay = 1.0
+    async def _when_reachable(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
+        """Run ``attempt``, waiting out an unreachable homeserver (probed every few seconds)."""
+        assert self.recovery is not None
         while True:
             try:
                 return await attempt()
-            except TRANSIENT_ERRORS as exc:
-                logger.warning("%s: homeserver unreachable (%s); retrying in %.0f s",
-                               what, type(exc).__name__, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+            except UNREACHABLE_ERRORS as exc:
+                logger.warning("%s: homeserver unreachable (%s); checking every %.0f s",
+                               what, type(exc).__name__, self.recovery.probe_seconds)
+            await self.recovery.wait_until_reachable()
+
+    def _on_reconnected(self) -> None:
+        """Background work that failed while the homeserver was away is tried again now."""
+        if self.outbox is not None and self.store is not None \
+                and self.store.pending_messages(limit=1):
+            self.runner.spawn(self.outbox.deliver(), name="outbox after outage")
+        if self.alerts is not None:
+            self.alerts.retry_now()
+        if self.reminders is not None and self.config.reminders.enabled:
+            self.runner.spawn(self.reminders.retry_failed(), name="scan after outage")
 
     # -- handlers ---------------------------------------------------------------------------
 

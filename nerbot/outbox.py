@@ -19,6 +19,7 @@ from typing import Protocol
 
 from nerbot.errors import NerbotError
 from nerbot.ids import RoomId, UserId
+from nerbot.matrix.reachability import UNREACHABLE_ERRORS
 from nerbot.store import OutboxMessage, Store
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,8 @@ class OutboxSender:
             logger.warning("Outbox: %s to %s failed (attempt %d): %s", message.kind,
                            message.user_id, message.attempts + 1, exc,
                            exc_info=not isinstance(exc, NerbotError | OSError | TimeoutError))
-            if message.attempts + 1 >= MAX_ATTEMPTS:
+            # An unreachable homeserver says nothing about the message: never give up on it.
+            if message.attempts + 1 >= MAX_ATTEMPTS and not isinstance(exc, UNREACHABLE_ERRORS):
                 self.store.message_failed(message.key)
             return False
         self.store.message_sent(message.key, event_id or "", self.now_ms())

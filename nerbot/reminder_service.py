@@ -87,6 +87,7 @@ class ReminderService:
         self.scheduler: Any = None
         self._monotonic = monotonic or time.monotonic
         self._running: set[asyncio.Task[Any]] = set()  # scheduled runs, cancelled on stop
+        self.last_failed = 0  # people the last scan could not look at
 
     # -- deciding ------------------------------------------------------------------------------
 
@@ -141,6 +142,7 @@ class ReminderService:
             else:
                 stats.held[decision.reason] = stats.held.get(decision.reason, 0) + 1
         stats.users = len(users)
+        self.last_failed = stats.failed
         stats.scan_seconds = self._monotonic() - started
         self.store.set_meta(LAST_SCAN_META, str(self.clock.now_ms()))
         logger.log(logging.WARNING if stats.failed else logging.INFO,
@@ -180,6 +182,12 @@ class ReminderService:
     async def _startup(self, scan: bool) -> None:
         await self._guarded(self.outbox.deliver())  # what a crash left pending goes first
         if scan:
+            await self._guarded(self.scan())
+
+    async def retry_failed(self) -> None:
+        """Scan again if the last scan missed people (e.g. during a homeserver outage); the
+        policy's state makes a repeat harmless for everyone it already reached."""
+        if self.last_failed:
             await self._guarded(self.scan())
 
     async def _retry_pending(self) -> None:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import difflib
 import enum
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from importlib import resources
 from typing import Any, Literal
 
 from nerbot.domain.assessment import SessionMark, UserReport
@@ -22,7 +20,6 @@ from nerbot.domain.facts import BackupState, DeviceFacts
 Platform = Literal["web", "mobile"]
 PLATFORMS: tuple[Platform, ...] = ("web", "mobile")
 GUIDE_LANGUAGES = ("zh", "en")
-DATA_PACKAGE = "nerbot.guides"
 
 # Words people type instead of ``!next`` while a guide is active (compared after normalising).
 DONE_WORDS = frozenset({"done", "next", "ok done", "好了", "完成", "下一步", "完成了",
@@ -129,14 +126,12 @@ class GuideLibrary:
     ORDER = ("backup", "new-device", "verify-sessions", "verify-user", "practice")
 
     @classmethod
-    def load(cls) -> GuideLibrary:
-        """The guides shipped in the package (``nerbot/guides/data/*.toml``)."""
-        folder = resources.files(DATA_PACKAGE).joinpath("data")
+    def from_documents(cls, documents: Iterable[Mapping[str, Any]]) -> GuideLibrary:
+        """Guides from their parsed TOML documents (``nerbot.guides.load_library`` reads them)."""
         guides: dict[str, Guide] = {}
-        for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-            if entry.name.endswith(".toml"):
-                guide = parse_guide(tomllib.loads(entry.read_text(encoding="utf-8")))
-                guides[guide.name] = guide
+        for document in documents:
+            guide = parse_guide(document)
+            guides[guide.name] = guide
         return cls(guides)
 
     @property

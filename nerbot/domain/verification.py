@@ -60,7 +60,7 @@ REASONS = {
 
 
 class SasMath(Protocol):
-    """The SAS maths for one exchange (``nerbot.matrix.sas.InteropSas``)."""
+    """The SAS maths for one exchange (``nerbot.matrix.sas.SasExchange``)."""
 
     @property
     def canceled(self) -> bool: ...

@@ -28,24 +28,6 @@ class SasEmoji:
     names: dict[str, str]
 
 
-class CatalogText(str):
-    """A rendered catalog message that remembers its template and parameters.
-
-    It is an ordinary ``str`` everywhere; the notice renderer uses the template to convert the
-    message's Markdown once per template instead of once per message. Joining it with other
-    text gives a plain ``str``, which is rendered as a whole, as before.
-    """
-
-    template: str
-    params: dict[str, Any]
-
-    def __new__(cls, template: str, params: dict[str, Any]) -> CatalogText:
-        text = super().__new__(cls, template.format_map(params))
-        text.template = template
-        text.params = params
-        return text
-
-
 def _placeholders(template: str) -> set[str]:
     return {field for _, field, _, _ in string.Formatter().parse(template) if field}
 
@@ -79,7 +61,7 @@ class Catalog:
         template = self.messages[chosen].get(key)
         if template is None:
             template = self.messages[self.default][key]
-        return CatalogText(template, params)
+        return template.format_map(params)
 
     def problems(self) -> list[str]:
         """Keys missing in a language or with mismatched placeholders (checked by tests)."""

@@ -19,6 +19,12 @@ Commands (reply fields after ``->``; every reply also has ``id`` and ``ok``, a f
   created, uploaded (UIA with the password) and this device signed, as Element does.
 - ``create_dm {user_id, encrypted?=true, name?}`` -> ``room_id``; ``join {room_id}``;
   ``wait_member {room_id, user_id, membership?="join", timeout?=15}``.
+- ``send_text {room_id, body, reply_from?, expect?, timeout?=30}`` -> ``event_id, sent_ms`` and,
+  with ``reply_from``, ``rtt_ms, reply: {event_id, body, msgtype}, skipped``: send ``body`` as
+  ``m.text`` (encrypted in an encrypted room), then wait for ``reply_from``'s next
+  ``m.room.message`` in the room, decrypted; with ``expect``, the first whose body contains it
+  (bodies passed over go into ``skipped``). Timed inside the peer (``performance.now()``):
+  ``sent_ms`` until the server accepted the message, ``rtt_ms`` until the reply was readable.
 - ``track {user_id, device_id?, timeout?=15}`` -> ``devices``: download the user's keys; with
   ``device_id``, poll until that device is known.
 - ``request_device {user_id, device_id, start_sas?=true}`` (to-device) and

@@ -125,13 +125,12 @@ class E2EEPeer:
         client = nio.AsyncClient(homeserver, user_id, device_id=device_id,
                                  store_path=str(store_dir), config=config)
         try:
-            client.access_token = access_token
+            client.restore_login(user_id, device_id, access_token)  # nio's way to resume
             whoami = await client.whoami()
             if not isinstance(whoami, nio.WhoamiResponse) or whoami.user_id != user_id \
                     or (whoami.device_id and whoami.device_id != device_id):
                 raise RuntimeError(f"stored login of {user_id}/{device_id} is not valid: "
                                    f"{whoami}")
-            client.restore_login(user_id, device_id, access_token)
             if not client.olm.account.shared:
                 # The store was lost: new identity keys for a device the server already knows
                 # would make it a different device to everyone else. Start over instead.

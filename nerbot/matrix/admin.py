@@ -62,13 +62,11 @@ class AdminProbe:
         self.token = token
         self.backup_check = backup_check
         self._limit = asyncio.Semaphore(concurrency)
-        self.requests = 0
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
                     token: str | None = None, ok: tuple[int, ...] = (200,)
                     ) -> tuple[int, dict[str, Any]]:
         async with self._limit:
-            self.requests += 1
             return await self.http.request(method, path, body, token=token or self.token,
                                            ok_statuses=ok)
 

@@ -42,16 +42,8 @@ DEFAULT_BATCH = 250
 PREFETCH = 3
 
 
-@dataclass
-class DirectoryStats:
-    """Counters the benchmark and tests read to prove what was (not) re-done."""
-
-    requests: int = 0
-    users_fetched: int = 0
-    users_unavailable: int = 0
-    cache_hits: int = 0
-    signatures_verified: int = 0
-    signature_cache_hits: int = 0
+SignatureCheck = Callable[[bytes, str, Any], bool]
+"""``verify_signature``'s shape: (signed bytes, signature, parsed public key) → valid."""
 
 
 class SignatureCache:
@@ -61,10 +53,10 @@ class SignatureCache:
     own signature and for its cross-signature is encoded once.
     """
 
-    def __init__(self, stats: DirectoryStats) -> None:
+    def __init__(self, check: SignatureCheck = verify_signature) -> None:
         self._results: dict[tuple[str, str, bytes], bool] = {}
         self._keys: dict[str, Any] = {}
-        self.stats = stats
+        self._check = check
 
     def verify(self, obj: Any, user_id: str, key_id: str, public_key: str) -> bool:
         """The ``Verifier`` shape used by ``self_signing_key_of``."""
@@ -81,15 +73,13 @@ class SignatureCache:
         memo = (public_key, signature, message)
         cached = self._results.get(memo)
         if cached is not None:
-            self.stats.signature_cache_hits += 1
             return cached
-        self.stats.signatures_verified += 1
         key = self._keys.get(public_key)
         if key is None:
             key = parse_public_key(public_key)
             if key is not None:
                 self._keys[public_key] = key
-        result = key is not None and verify_signature(message, signature, key)
+        result = key is not None and self._check(message, signature, key)
         self._results[memo] = result
         return result
 
@@ -145,12 +135,8 @@ class KeyDirectory:
     http: MatrixHttp
     shares_room: Callable[[str], bool]
     batch_size: int = DEFAULT_BATCH
-    stats: DirectoryStats = field(default_factory=DirectoryStats)
+    signatures: SignatureCache = field(default_factory=SignatureCache)
     _cache: dict[str, KeyFacts] = field(default_factory=dict)
-    _signatures: SignatureCache | None = None
-
-    def __post_init__(self) -> None:
-        self._signatures = SignatureCache(self.stats)
 
     def invalidate(self, user_ids: Iterable[str]) -> None:
         """Forget users whose device lists changed (called from the sync handler)."""
@@ -170,13 +156,11 @@ class KeyDirectory:
             cached = None if fresh else self._cache.get(user_id)
             # Only room-mates' device-list changes reach us, so only their entries are trusted.
             if cached is not None and self.shares_room(user_id):
-                self.stats.cache_hits += 1
                 result[user_id] = cached
             else:
                 missing.append(user_id)
         batches = [missing[i:i + self.batch_size]
                    for i in range(0, len(missing), self.batch_size)]
-        assert self._signatures is not None
         # A few requests in flight ahead of the one being checked: the server (another process)
         # answers them while this process verifies signatures.
         pending = deque(self._fetch(b) for b in batches[:PREFETCH])
@@ -190,7 +174,6 @@ class KeyDirectory:
                 except FETCH_ERRORS as exc:  # this batch is unavailable; the others go on
                     logger.warning("Key query for %d user(s) failed (%s: %s); first: %s",
                                    len(batch), type(exc).__name__, exc, batch[0])
-                    self.stats.users_unavailable += len(batch)
                     continue
                 await asyncio.sleep(0)  # let the queued requests go out before the CPU work
                 unreachable = _failed_servers(response)
@@ -198,9 +181,8 @@ class KeyDirectory:
                     if server_of(user_id) in unreachable and not _listed(response, user_id):
                         logger.info("Keys of %s unavailable: %s did not answer", user_id,
                                     server_of(user_id))
-                        self.stats.users_unavailable += 1
                         continue
-                    facts = facts_from_response(response, user_id, self._signatures)
+                    facts = facts_from_response(response, user_id, self.signatures)
                     self._cache[user_id] = facts
                     result[user_id] = facts
         finally:
@@ -212,8 +194,6 @@ class KeyDirectory:
         async def fetch() -> dict[str, Any]:
             _, response = await self.http.request(
                 "POST", KEYS_QUERY, {"device_keys": {u: [] for u in batch}, "timeout": 10000})
-            self.stats.requests += 1
-            self.stats.users_fetched += len(batch)
             return response
         return asyncio.get_running_loop().create_task(fetch())
 

@@ -16,7 +16,6 @@ import os
 from dataclasses import dataclass
 from typing import cast
 
-import aiohttp
 import nio
 import simplematrixbotlib as botlib
 from cryptography.fernet import InvalidToken
@@ -24,32 +23,18 @@ from cryptography.fernet import InvalidToken
 from nerbot.config import Config
 from nerbot.errors import NerbotError
 from nerbot.ids import DeviceId
-from nerbot.matrix import schemafix
-from nerbot.matrix.httpfix import (
-    route_requests_over_wire,
-    skip_own_echoes_in_syncs,
-    use_lean_session,
-)
-from nerbot.matrix.ownstate import OwnStateWatch, watch_own_state_changes
-from nerbot.matrix.storefix import (
-    bind_store_once,
-    memoize_store_lookups,
-    save_sync_tokens_directly,
-    use_write_ahead_log,
-    write_trust_files_only_on_change,
-)
-from nerbot.matrix.wire import WireClient
+from nerbot.matrix.reachability import UNREACHABLE_ERRORS
+from nerbot.matrix.storefix import use_write_ahead_log
 from nerbot.store import Store
 
 logger = logging.getLogger(__name__)
 
 DEVICE_ID_META = "device_id"
 MAX_RATE_LIMIT_RETRIES = 20
-
-# Errors that mean "the homeserver is unreachable right now": retried with backoff by the app.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    aiohttp.ClientError, OSError, TimeoutError,
-)
+# nio retries a request that cannot reach the server forever by default, waiting ever longer
+# (up to a minute) between tries. A couple of quick tries, then the error: the sync loop and
+# the app then probe the server every few seconds (``Recovery``) and the outbox retries later.
+MAX_CONNECTION_RETRIES = 2
 
 
 class LoginFailed(NerbotError):
@@ -64,8 +49,6 @@ class MatrixSession:
     api: botlib.Api
     creds: botlib.Creds
     first_login: bool
-    wire: WireClient | None = None  # None: nio's requests stay on aiohttp (a proxy is set)
-    own_state: OwnStateWatch | None = None  # when syncs may leave out the bot's own events
 
     @property
     def device_id(self) -> DeviceId:
@@ -90,6 +73,7 @@ def _botlib_config(config: Config) -> botlib.Config:
     # simplematrixbotlib's default (0) turns every 429 into an error; let nio wait out the
     # server's retry_after_ms instead, a bounded number of times per request.
     settings.max_limit_exceeded = MAX_RATE_LIMIT_RETRIES
+    settings.max_timeouts = MAX_CONNECTION_RETRIES
     return settings
 
 
@@ -105,7 +89,6 @@ class _LibraryOutput(io.TextIOBase):
 async def open_session(config: Config, store: Store) -> MatrixSession:
     """Restore the stored session or log in (reusing the known device ID)."""
     config.storage.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    schemafix.install()
     creds = botlib.Creds(
         homeserver=config.matrix.homeserver,
         username=config.matrix.user_id,
@@ -138,7 +121,7 @@ async def open_session(config: Config, store: Store) -> MatrixSession:
             creds.device_id = cast(str, known_device)  # None: the server picks a new one
             api = botlib.Api(creds, _botlib_config(config))
             await _login_or_fail(api)
-        except TRANSIENT_ERRORS:
+        except UNREACHABLE_ERRORS:
             raise
         except Exception as exc:
             raise LoginFailed(_login_error_text(exc)) from None
@@ -146,28 +129,18 @@ async def open_session(config: Config, store: Store) -> MatrixSession:
     client = api.async_client
     if client.olm is None:
         raise NerbotError("end-to-end encryption is not available in this nio installation")
-    await use_lean_session(client)
-    wire = route_requests_over_wire(client)
-    own_state = OwnStateWatch()
-    watch_own_state_changes(client, own_state)
-    skip_own_echoes_in_syncs(client)
-    bind_store_once(client.store)
     use_write_ahead_log(client.store)
-    memoize_store_lookups(client.store)
-    save_sync_tokens_directly(client.store)
-    write_trust_files_only_on_change(client.store)
     os.chmod(config.session_path, 0o600)
     store.set_meta(DEVICE_ID_META, str(client.device_id))
     logger.info("Logged in as %s on device %s (%s)", client.user_id, client.device_id,
                 "new device" if first_login else "restored")
-    return MatrixSession(client=client, api=api, creds=creds, first_login=first_login,
-                         wire=wire, own_state=own_state)
+    return MatrixSession(client=client, api=api, creds=creds, first_login=first_login)
 
 
 async def _login_or_fail(api: botlib.Api) -> None:
     try:
         await api.login()
-    except TRANSIENT_ERRORS:
+    except UNREACHABLE_ERRORS:
         raise
     except Exception as exc:
         raise LoginFailed(_login_error_text(exc)) from None

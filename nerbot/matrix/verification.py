@@ -23,7 +23,7 @@ from nerbot.errors import VerificationRefused
 from nerbot.ids import RoomId, UserId
 from nerbot.matrix.crosssigning import CrossSigningKeys, device_keys_of, verify_signed_json
 from nerbot.matrix.http import MatrixHttp
-from nerbot.matrix.sas import InteropSas
+from nerbot.matrix.sas import SasExchange
 from nerbot.ports import Clock
 from nerbot.runner import TaskRunner
 from nerbot.store import Store
@@ -192,7 +192,7 @@ class VerificationService:
              ) -> Active:
         holder: dict[str, Active] = {}
 
-        def sas_factory(their_device: str) -> InteropSas:
+        def sas_factory(their_device: str) -> SasExchange:
             active = holder["active"]
             keys = active.devices.get(their_device)
             if keys is None:
@@ -204,9 +204,9 @@ class VerificationService:
             if active.master_key is not None:
                 (their_master,) = active.master_key["keys"].values()
             own = self.cross_signing()
-            return InteropSas(self.user_id, self.device_id,
-                              str(self.client.olm.account.identity_keys["ed25519"]), other, txn,
-                              own.master_public if own else None, their_master)
+            return SasExchange(self.user_id, self.device_id,
+                               str(self.client.olm.account.identity_keys["ed25519"]), other, txn,
+                               own.master_public if own else None, their_master)
 
         start_fields: dict[str, Any] = (
             {"transaction_id": txn} if transport == "to_device"

@@ -14,7 +14,7 @@ import pytest
 import signedjson.key
 import signedjson.sign
 import unpaddedbase64
-from botdm import open_dm, open_group
+from botdm import open_dm
 
 pytestmark = pytest.mark.asyncio
 
@@ -70,7 +70,7 @@ async def test_bot_ignores_its_own_messages(start_bot: Any, make_user: Any, make
         await peer.wait_for_message(room_id, sender=bot_id, timeout=3)
 
 
-async def test_sync_uses_an_uploaded_filter_and_skips_only_the_bots_own_messages(
+async def test_sync_uses_an_uploaded_filter_and_keeps_room_state(
     start_bot: Any, make_user: Any, make_peer: Any
 ) -> None:
     import nio
@@ -91,12 +91,8 @@ async def test_sync_uses_an_uploaded_filter_and_skips_only_the_bots_own_messages
     # a second question: the bot's sync has passed its own first answer by the time it answers
     assert await peer.ask(room_id, "!fingerprint", bot_id)
     assert (peer.user_id, "RoomMessageText") in seen, "the person's message was decrypted"
-    assert not [s for s in seen if s[0] == bot_id and s[1] != "RoomMemberEvent"], seen
     room = bot.session.client.rooms[room_id]
     assert room.encrypted and peer.user_id in room.users and bot_id in room.users
-    # all of it (syncs, encrypted sends, key queries) went over the keep-alive wire client
-    assert bot.session.wire is not None and bot.session.wire.requests > 10
-    assert bot.http is not None and bot.http.wire.requests > 0
 
 
 async def wait_until(condition: Any, seconds: float = 10) -> bool:
@@ -105,50 +101,6 @@ async def wait_until(condition: Any, seconds: float = 10) -> bool:
             return True
         await asyncio.sleep(0.05)
     return bool(condition())
-
-
-async def test_own_messages_do_not_wake_the_sync_but_own_state_still_arrives(
-    start_bot: Any, make_user: Any, make_peer: Any
-) -> None:
-    """Quiet syncs (no own events) are used while the bot changes no room state; its own room
-    state (a topic, an invite) still reaches nio at once, as nothing else happens in the room.
-    (nio ignores the sync's ``leave`` section, whatever the filter, so a leave is no test.)"""
-    import nio
-
-    bot = await start_bot()
-    bot_id = bot.config.matrix.user_id
-    assert bot.syncer is not None and bot.session is not None and bot.transport is not None
-    client = bot.session.client
-    syncs: list[nio.SyncResponse] = []
-
-    async def count(response: nio.SyncResponse) -> None:
-        syncs.append(response)
-
-    client.add_response_callback(count, nio.SyncResponse)
-    peer = await make_peer(make_user())
-    room_id = await open_dm(peer, bot)
-    group_id = await open_group(peer, bot, [])
-    await asyncio.sleep(1)
-    assert bot.syncer.quiet_syncs > 0
-    before = len(syncs)
-    for n in range(3):
-        await bot.transport.send_notice(room_id, f"notice {n}")
-    for n in range(3):
-        assert (await peer.wait_for_message(room_id, sender=bot_id)).body == f"notice {n}"
-    await asyncio.sleep(1)
-    assert len(syncs) == before, "the bot's own messages woke its sync"
-
-    refused = bot.syncer.refused_quiet_syncs
-    await client.room_put_state(room_id, "m.room.topic", {"topic": "quiet but not deaf"})
-    assert await wait_until(lambda: client.rooms[room_id].topic == "quiet but not deaf", 5)
-    assert bot.syncer.refused_quiet_syncs == refused + 1, "the quiet long poll was dropped"
-
-    invitee = make_user().user_id  # the bot's own membership event for somebody else
-    await client.room_invite(group_id, invitee)
-    assert await wait_until(lambda: invitee in client.rooms[group_id].invited_users, 5), \
-        "the bot's own invite never reached nio"
-    # and the room it still shares with the person works as before
-    assert "!help" in await peer.ask(room_id, "!help", bot_id)
 
 
 async def test_disallowed_inviter_is_rejected(

@@ -302,6 +302,49 @@ function waitForSync(c, timeoutMs) {
   });
 }
 
+/**
+ * The next m.room.message `sender` sends into `roomId` from now on, once decrypted (an event
+ * still being decrypted, or that failed to, is looked at again when it is decrypted). With
+ * `expect`, a message whose body lacks it is skipped (its body goes into `skipped`).
+ * Resolves to {at: performance.now() when readable, event_id, body, msgtype}; `.cancel()`
+ * stops waiting.
+ */
+function nextMessage(roomId, sender, expect, skipped, timeoutMs) {
+  const seen = new Set();
+  let onTimeline, onDecrypted, timer, fail;
+  const promise = new Promise((resolve, reject) => {
+    fail = reject;
+    const check = (ev) => {
+      if (ev.getRoomId() !== roomId || ev.getSender() !== sender || seen.has(ev.getId())) return;
+      if (ev.isBeingDecrypted() || ev.shouldAttemptDecryption() || ev.isDecryptionFailure()) return;
+      if (ev.getType() !== "m.room.message") return;
+      const at = performance.now();
+      seen.add(ev.getId());
+      const body = String(ev.getContent().body ?? "");
+      if (expect && !body.includes(expect)) {
+        skipped.push(body.slice(0, 200));
+        return;
+      }
+      resolve({ at, event_id: ev.getId(), body, msgtype: ev.getContent().msgtype ?? null });
+    };
+    onTimeline = (ev, _room, toStart, removed) => {
+      if (!toStart && !removed) check(ev);
+    };
+    onDecrypted = (ev) => check(ev);
+    client.on(sdk.RoomEvent.Timeline, onTimeline);
+    client.on(sdk.MatrixEventEvent.Decrypted, onDecrypted);
+    timer = setTimeout(() => reject(new Error(`no message from ${sender} in ${roomId} within ${timeoutMs} ms`)), timeoutMs);
+  });
+  const done = () => {
+    clearTimeout(timer);
+    client.off(sdk.RoomEvent.Timeline, onTimeline);
+    client.off(sdk.MatrixEventEvent.Decrypted, onDecrypted);
+  };
+  promise.then(done, done);
+  promise.cancel = () => fail(new Error("cancelled"));
+  return promise;
+}
+
 async function waitFor(check, timeoutMs, what, intervalMs = 50) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
@@ -406,6 +449,32 @@ const commands = {
       () => client.getRoom(args.room_id)?.getMember(args.user_id)?.membership === membership,
       (args.timeout ?? 15) * 1000, `${args.user_id} ${membership} in ${args.room_id}`);
     return {};
+  },
+
+  /**
+   * Send `body` (m.text, encrypted if the room is) and, with `reply_from`, wait for that
+   * user's next message in the room (see nextMessage). Timed here, not over the pipe:
+   * `sent_ms` until the server accepted ours, `rtt_ms` until the reply was decrypted.
+   */
+  async send_text(args) {
+    required(args, "room_id", "body");
+    const skipped = [];
+    const reply = args.reply_from
+      ? nextMessage(args.room_id, args.reply_from, args.expect, skipped, (args.timeout ?? 30) * 1000)
+      : null;
+    reply?.catch(() => {}); // a failed send must not leave an unhandled rejection behind
+    const started = performance.now();
+    let event_id;
+    try {
+      ({ event_id } = await client.sendMessage(args.room_id, { msgtype: "m.text", body: args.body }));
+    } catch (e) {
+      reply?.cancel();
+      throw e;
+    }
+    const sent_ms = performance.now() - started;
+    if (!reply) return { event_id, sent_ms };
+    const { at, ...message } = await reply;
+    return { event_id, sent_ms, rtt_ms: at - started, reply: message, skipped };
   },
 
   async track(args) {

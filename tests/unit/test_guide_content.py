@@ -19,7 +19,8 @@ import emoji
 import markdown
 import pytest
 
-from nerbot.domain.guide import Checkpoint, GuideLibrary
+from nerbot.domain.guide import Checkpoint
+from nerbot.guides import load_library
 from nerbot.matrix.render import NoticeRenderer
 
 DATA = Path(__file__).resolve().parents[2] / "nerbot" / "guides" / "data"
@@ -149,7 +150,7 @@ def test_checkpoints_cover_the_issue() -> None:
 
 
 def test_the_engine_loads_every_guide_from_the_package() -> None:
-    library = GuideLibrary.load()
+    library = load_library()
     assert library.names == GUIDES
     for name in GUIDES:
         guide = library.get(name)

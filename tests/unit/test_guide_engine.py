@@ -15,7 +15,6 @@ from nerbot.domain.guide import (
     Checkpoint,
     CheckReason,
     GuideDataError,
-    GuideLibrary,
     GuideProgress,
     Move,
     clamp,
@@ -28,12 +27,13 @@ from nerbot.domain.guide import (
     start_guide,
     suggest_guide,
 )
+from nerbot.guides import load_library
 from nerbot.i18n import Catalog
 from nerbot.ids import EventId, RoomId, UserId
 from nerbot.store import Store
 
 ALICE = UserId("@alice:hs")
-LIBRARY = GuideLibrary.load()
+LIBRARY = load_library()
 BACKUP = LIBRARY.guides["backup"]
 
 

@@ -11,15 +11,44 @@ MATRIX_LIBS = {"nio", "simplematrixbotlib", "aiohttp", "vodozemac"}
 IO_LIBS = MATRIX_LIBS | {"asyncio", "sqlite3", "sqlite_utils", "apscheduler", "time"}
 
 
-def imports_of(path: Path) -> set[str]:
+# What the domain may not depend on: I/O layers and the services that drive it.
+SERVICES = {"app", "cli", "hygiene", "outbox", "reminder_service", "alert_service", "runner",
+            "clock", "logs", "localdev", "guides"}
+NOT_FOR_DOMAIN = {"store", "matrix", "commands", *SERVICES}
+# Reads of the clock (the caller passes ``now``) and of files (data is handed in).
+CLOCK_READS = {("datetime", "now"), ("datetime", "utcnow"), ("date", "today"), ("time", "time"),
+               ("time", "monotonic"), ("time", "perf_counter"), ("loop", "time"),
+               ("datetime", "today"), ("get_running_loop", "time"), ("get_event_loop", "time")}
+FILE_CALLS = {"open", "read_text", "read_bytes", "iterdir", "files", "glob", "rglob"}
+FILE_MODULES = {"os", "pathlib", "io", "importlib", "tomllib", "shutil", "glob"}
+
+
+def absolute(path: Path, node: ast.ImportFrom) -> str:
+    """The absolute module an ``ImportFrom`` names, relative ones resolved from ``path``."""
+    if node.level == 0:
+        return node.module or ""
+    package = path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1]
+    base = list(package[:len(package) - (node.level - 1)])
+    return ".".join([*base, node.module] if node.module else base)
+
+
+def module_imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, dotted and absolute (relative imports resolved)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module.split(".")[0])
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = absolute(path, node)
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
     return found
+
+
+def imports_of(path: Path) -> set[str]:
+    """Top-level packages imported (``nerbot`` for our own)."""
+    return {m.split(".")[0] for m in module_imports(path)}
 
 
 def modules(sub: str) -> list[Path]:
@@ -44,6 +73,57 @@ def test_domain_is_pure() -> None:
         bad = imports_of(path) & IO_LIBS
         if bad:
             offenders.append(f"{path.name}: {sorted(bad)}")
+    assert offenders == []
+
+
+def test_domain_depends_on_no_other_layer() -> None:
+    offenders = []
+    for path in modules("domain"):
+        for module in module_imports(path):
+            parts = module.split(".")
+            if parts[0] == "nerbot" and len(parts) > 1 and parts[1] in NOT_FOR_DOMAIN:
+                offenders.append(f"{path.name}: {module}")
+    assert offenders == []
+
+
+def test_relative_imports_are_seen() -> None:
+    domain = PACKAGE / "domain" / "x.py"
+    tree = ast.parse("from ..store import db\nfrom . import facts\nfrom .facts import A")
+    found = {absolute(domain, n) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert found == {"nerbot.store", "nerbot.domain", "nerbot.domain.facts"}
+
+
+def clock_and_file_reads(source: str) -> list[str]:
+    offences = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else \
+                func.id if isinstance(func, ast.Name) else ""
+            owner = func.value if isinstance(func, ast.Attribute) else None
+            if isinstance(owner, ast.Call):  # asyncio.get_running_loop().time()
+                owner = owner.func
+            owner_name = owner.attr if isinstance(owner, ast.Attribute) else \
+                owner.id if isinstance(owner, ast.Name) else ""
+            if (owner_name, name) in CLOCK_READS or name in FILE_CALLS:
+                offences.append(f"{node.lineno} {owner_name}.{name}()")
+    return offences
+
+
+def test_the_clock_and_file_check_sees_what_it_should() -> None:
+    source = ("a = datetime.now(UTC)\nb = time.time()\nc = asyncio.get_running_loop().time()\n"
+              "d = date.today()\ne = Path('x').read_text()\nf = open('y')\ng = now_ms - 1")
+    assert len(clock_and_file_reads(source)) == 6
+
+
+def test_domain_reads_neither_clock_nor_files() -> None:
+    offenders = []
+    for path in modules("domain"):
+        offenders += [f"{path.name}:{o}"
+                      for o in clock_and_file_reads(path.read_text(encoding="utf-8"))]
+        bad = imports_of(path) & FILE_MODULES
+        if bad:
+            offenders.append(f"{path.name}: imports {sorted(bad)}")
     assert offenders == []
 
 

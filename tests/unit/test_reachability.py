@@ -1,0 +1,119 @@
+"""Waiting for the homeserver: probes while unreachable, backoff while erring, and a sync loop
+that never turns an error into a full-state sync."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import nio
+import pytest
+
+from nerbot.errors import MatrixRequestError
+from nerbot.matrix.reachability import Recovery, versions_probe
+from nerbot.matrix.syncer import SyncLoop
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+async def test_unreachable_is_probed_at_a_steady_pace_not_a_growing_one() -> None:
+    answers = iter([False, False, False, True])
+
+    async def probe() -> bool:
+        return next(answers)
+
+    sleeps = Sleeps()
+    recovery = Recovery(probe, probe_seconds=2.0, sleep=sleeps)
+    await recovery.back_off()
+    await recovery.back_off()
+    assert recovery.delay == 4.0
+    assert await recovery.wait_until_reachable() == 3
+    assert sleeps.slept == [1.0, 2.0, 2.0, 2.0, 2.0]
+    assert recovery.delay == 1.0  # it answered: the backoff starts over
+
+
+async def test_backoff_doubles_up_to_its_cap() -> None:
+    sleeps = Sleeps()
+    recovery = Recovery(lambda: asyncio.sleep(0, True), max_backoff_seconds=5, sleep=sleeps)
+    for _ in range(5):
+        await recovery.back_off()
+    assert sleeps.slept == [1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+@pytest.mark.parametrize(("error", "reachable"), [
+    (None, True),
+    (aiohttp.ClientConnectionError(), False),
+    (ConnectionRefusedError(), False),
+    (TimeoutError(), False),
+    (MatrixRequestError("GET", "/versions", 502, {}), False),  # a proxy in front of nothing
+    (MatrixRequestError("GET", "/versions", 404, {}), True),   # it answered, if oddly
+])
+async def test_what_counts_as_an_answer(error: BaseException | None, reachable: bool) -> None:
+    async def request() -> None:
+        if error is not None:
+            raise error
+
+    assert await versions_probe(request)() is reachable
+
+
+async def test_a_disk_error_is_no_outage() -> None:
+    async def request() -> None:
+        raise PermissionError("read-only file system")
+
+    with pytest.raises(PermissionError):
+        await versions_probe(request)()
+
+
+class FlakyClient:
+    """A nio client's sync surface: the second sync fails to connect, the others answer."""
+
+    def __init__(self) -> None:
+        self.full_state: list[bool | None] = []
+        self.callbacks: list[tuple[Any, Any]] = []
+        self.outgoing_to_device_messages: list[Any] = []
+        self.should_upload_keys = self.should_query_keys = self.should_claim_keys = False
+        self.synced = asyncio.Event()
+        self.loop: SyncLoop | None = None
+
+    def add_response_callback(self, callback: Any, kind: Any) -> None:
+        self.callbacks.append((callback, kind))
+
+    async def upload_filter(self, **_: Any) -> Any:
+        return nio.UploadFilterResponse("F1")
+
+    async def sync(self, timeout: int, sync_filter: Any,  # noqa: ASYNC109 (nio's signature)
+                   full_state: bool | None = None) -> Any:
+        self.full_state.append(full_state)
+        if len(self.full_state) == 2:
+            raise aiohttp.ClientConnectionError("homeserver gone")
+        if len(self.full_state) == 4 and self.loop is not None:
+            self.loop.stop()
+        return nio.SyncResponse("t", None, None, None, None, None)  # type: ignore[arg-type]
+
+    async def run_response_callbacks(self, responses: list[Any]) -> None:
+        for response in responses:
+            for callback, kind in self.callbacks:
+                if isinstance(response, kind):
+                    await callback(response)
+
+
+async def test_after_an_outage_the_sync_resumes_from_its_token_and_says_so() -> None:
+    client, reconnected = FlakyClient(), []
+    probes = iter([False, True])
+
+    async def probe() -> bool:
+        return next(probes)
+
+    loop = SyncLoop(client, Recovery(probe, sleep=Sleeps()),  # type: ignore[arg-type]
+                    on_reconnected=lambda: reconnected.append(len(client.full_state)))
+    client.loop = loop
+    await loop.run()
+    assert client.full_state == [True, None, None, None]  # only the very first is full-state
+    assert reconnected == [3]  # once, at the first sync after the outage
