@@ -344,8 +344,3 @@ class SasExchange:
     def _cancel(self, code: str) -> None:
         self.stage = Stage.CANCELLED
         self.cancel_code, self.cancel_reason = code, v.REASONS.get(code, "Cancelled.")
-
-
-# The name this class had while it subclassed nio's Sas; tests/unit/test_verification_flow.py
-# still imports it.
-InteropSas = SasExchange

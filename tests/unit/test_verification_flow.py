@@ -8,7 +8,7 @@ import vodozemac
 from nio.crypto import OlmDevice
 
 from nerbot.domain import verification as v
-from nerbot.matrix.sas import InteropSas
+from nerbot.matrix.sas import SasExchange
 
 T0 = 1_700_000_000_000
 BOT, BOT_DEV = "@nerbot:hs", "BOTDEV"
@@ -19,9 +19,9 @@ MASTERS = {BOT: "BOTMASTER", ALICE: "ALICEMASTER"}
 
 def flow(us: str, our_dev: str, them: str, their_dev: str | None, we_requested: bool,
          txn: str = "txn1") -> v.VerificationFlow:
-    def factory(device_id: str) -> InteropSas:
+    def factory(device_id: str) -> SasExchange:
         other = OlmDevice(them, device_id, {"ed25519": KEYS[device_id], "curve25519": "c"})
-        return InteropSas(us, our_dev, KEYS[our_dev], other, txn, MASTERS[us], MASTERS[them])
+        return SasExchange(us, our_dev, KEYS[our_dev], other, txn, MASTERS[us], MASTERS[them])
     return v.VerificationFlow(txn, us, our_dev, them, their_dev, we_requested, factory, T0)
 
 
