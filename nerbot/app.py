@@ -16,6 +16,7 @@ from nerbot.commands.remind import MessageText, remind_commands
 from nerbot.commands.status import status_commands
 from nerbot.commands.verify import VerificationConversation, verify_commands
 from nerbot.config import Config
+from nerbot.datadir import prepare_data_dir, restrict_umask
 from nerbot.domain.assessment import AssessmentPolicy
 from nerbot.domain.verification import VerificationLimits
 from nerbot.guides import load_library
@@ -47,6 +48,7 @@ T = TypeVar("T")
 
 FIRST_START_META = "first_started_ms"
 UNDECRYPTABLE_RETRY_SECONDS = 1.0
+RETENTION_EVERY_SECONDS = 24 * 3600
 
 
 class NerbotApp:
@@ -82,6 +84,10 @@ class NerbotApp:
     async def start(self, first_sync_timeout: float = 120.0) -> None:
         quiet_libraries()  # whoever configured logging, nio must not log tokens
         config = self.config
+        # -- private data directory (nerbot.datadir): before anything is written to it --
+        restrict_umask()
+        prepare_data_dir(config.storage.data_dir)  # or ConfigError: it cannot be made private
+        # -- end private data directory --
         store = self.store = Store(config.database_path)
         now = self.clock.now_ms()
         if store.get_meta(FIRST_START_META) is None:
@@ -95,6 +101,13 @@ class NerbotApp:
         )
         client = session.client
         http.access_token = session.access_token
+        # -- answered events: see Store.claim_event --
+        if not session.resumes_sync:
+            # No stored sync position (crypto store new or recreated): the first sync brings
+            # each room's latest events however old, which a claim kept a week may not cover;
+            # as on the very first start, what came before this start is not for the bot.
+            not_before = max(not_before, self.clock.now_ms())
+        # -- end answered events --
         self.identity = await self._when_reachable(
             lambda: ensure_identity(
                 http,
@@ -117,7 +130,8 @@ class NerbotApp:
         registry.extend(status_commands(hygiene, config.is_admin,
                                         lambda user: user_exists(http, user)))
         guides = self.guides = GuideConversation(load_library(), store, hygiene, transport,
-                                                 self.catalog, self.clock.now_ms)
+                                                 self.catalog, self.clock.now_ms,
+                                                 config.guides.web_client_url)
         verifier = self.verifier = self._build_verifier(client, http, store, transport,
                                                         on_verified=guides.on_verified)
         registry.extend(verify_commands(verifier, transport.ensure_dm))
@@ -150,8 +164,13 @@ class NerbotApp:
         self.runner.spawn(syncer.run(), name="sync")
         self.runner.every(UNDECRYPTABLE_RETRY_SECONDS, events.hold.retry, name="undecryptable")
         await asyncio.wait_for(syncer.first_sync.wait(), first_sync_timeout)
+        self.runner.every(RETENTION_EVERY_SECONDS, self._prune, name="retention")
         if config.reminders.enabled:
-            reminders.start()
+            reminders.start()  # delivers what a crash left pending, then scans if one is due
+        elif store.pending_messages(limit=1):  # alerts (or old reminders) a crash left pending
+            assert self.outbox is not None
+            self.runner.spawn(self.outbox.deliver(), name="outbox at start")
+        self.runner.spawn(verifier.end_interrupted(), name="end interrupted verifications")
         logger.info("nerbot is running as %s (device %s)", client.user_id, client.device_id)
 
     async def stop(self) -> None:
@@ -245,6 +264,11 @@ class NerbotApp:
         conversation.on_verified.append(on_verified)
         verifier.ui = conversation
         return verifier
+
+    async def _prune(self) -> None:
+        """Old records go (``Store.prune`` says which; pending messages never)."""
+        assert self.store is not None
+        self.store.prune(self.clock.now_ms(), self.config.storage.keep_days)
 
     def _shares_room(self, user_id: str) -> bool:
         return self.events is not None and self.events.shares_room(user_id)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from nerbot import __version__
 from nerbot.config import Config, load_config
+from nerbot.datadir import check_data_dir
 from nerbot.errors import ConfigError, IdentityError
 from nerbot.logs import configure_logging
 
@@ -74,7 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "check-config":
-            load_config(args.config, os.environ)
+            checked = load_config(args.config, os.environ)
+            # The data directory as the bot would find it: ConfigError if it would refuse to
+            # start, notes about what it will make private itself (nerbot.datadir).
+            for note in check_data_dir(checked.storage.data_dir):
+                print(note)
             print(f"{args.config}: OK")
             return EXIT_OK
         if args.command == "demo":

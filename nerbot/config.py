@@ -29,6 +29,9 @@ ADMIN_TOKEN_ENV: Final = "NERBOT_ADMIN_TOKEN"
 LANGUAGES: Final = ("zh", "en")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 GRACE_RANGE: Final = (1, 3600)
+# A week at least: rate limits, the walkthroughs and the reports look that far back.
+KEEP_DAYS_RANGE: Final = (7, 3650)
+DEFAULT_KEEP_DAYS: Final = 180
 BACKUP_CHECKS: Final = ("off", "admin-login")
 REMINDER_SCOPES: Final = ("rooms", "all-local")
 DEFAULT_SCAN_EVERY_MS: Final = 6 * 3600 * 1000
@@ -52,9 +55,15 @@ class MatrixConfig:
 
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
-    """Where the bot's durable state lives (session, crypto store, keys, database)."""
+    """Where the bot's durable state lives (session, crypto store, keys, database).
+
+    ``keep_days``: how long records of what happened (verifications, alerts, delivered
+    messages) are kept; state the bot decides with (reminder choices, sessions seen) is kept
+    for as long as it matters, whatever this says.
+    """
 
     data_dir: Path
+    keep_days: int = DEFAULT_KEEP_DAYS
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +124,15 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class GuidesConfig:
+    """The walkthroughs. ``web_client_url``: the community's own Element Web, where the phone
+    path of ``verify-sessions`` sends people (Element X shows no full session list); "" means
+    no link, never a public client that may be slow or unreachable from here."""
+
+    web_client_url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     """Log verbosity; applied by the CLI, not here, so importing config has no side effects."""
 
@@ -134,6 +152,7 @@ class Config:
     verification: VerificationConfig = VerificationConfig()
     reminders: RemindersConfig = RemindersConfig()
     alerts: AlertsConfig = AlertsConfig()
+    guides: GuidesConfig = GuidesConfig()
     source: Path | None = None
 
     @property
@@ -174,7 +193,7 @@ _SCHEMA: Final[dict[str, dict[str, tuple[type, Any]]]] = {
         "password": (str, ""),
         "device_name": (str, "nerbot"),
     },
-    "storage": {"data_dir": (str, "./data")},
+    "storage": {"data_dir": (str, "./data"), "keep_days": (int, DEFAULT_KEEP_DAYS)},
     "bot": {
         "language": (str, "zh"),
         "admins": (list, []),
@@ -199,6 +218,7 @@ _SCHEMA: Final[dict[str, dict[str, tuple[type, Any]]]] = {
         "max_sends_per_minute": (int, 20),
     },
     "alerts": {"enabled": (bool, True), "debounce_seconds": (int, 5)},
+    "guides": {"web_client_url": (str, "")},
     "logging": {"level": (str, "INFO")},
 }
 
@@ -301,6 +321,27 @@ def _check_homeserver(url: str, problems: _Problems) -> str:
     elif parsed.path not in ("", "/") or parsed.query or parsed.fragment:
         problems.add(key, "must be the server's base URL (no path, query or fragment)")
     return url.rstrip("/")
+
+
+def _web_client_url(url: str, problems: _Problems) -> str:
+    """The community's Element Web: "" (no link), or an http(s) URL people can open."""
+    url = url.strip()
+    if not url:
+        return ""
+    key = "guides.web_client_url"
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        _ = parsed.port  # raises on a non-numeric or out-of-range port
+    except ValueError:
+        problems.add(key, "must be an http:// or https:// URL with a host, or empty")
+        return url
+    host = parsed.netloc.rpartition("@")[2]
+    if parsed.scheme not in ("http", "https") or not parsed.hostname \
+            or not is_server_name(host) or any(c in url for c in " <>()[]\"'"):
+        problems.add(key, "must be an http:// or https:// URL with a host, or empty")
+    elif parsed.username is not None or parsed.password is not None:
+        problems.add(key, "must not contain a user name or password")
+    return url
 
 
 def _secret(file_value: str, env: Mapping[str, str], env_name: str) -> str:
@@ -407,6 +448,9 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path)
     if not s["data_dir"].strip():
         problems.add("storage.data_dir", "must not be empty")
     data_dir = _data_dir(s["data_dir"], base_dir)
+    low, high = KEEP_DAYS_RANGE
+    if not low <= s["keep_days"] <= high:
+        problems.add("storage.keep_days", f"must be between {low} and {high}")
 
     if b["language"] not in LANGUAGES:
         problems.add("bot.language", f"must be one of {', '.join(LANGUAGES)}")
@@ -447,6 +491,8 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path)
     if not 1 <= alerts["debounce_seconds"] <= 300:
         problems.add("alerts.debounce_seconds", "must be between 1 and 300")
 
+    web_client_url = _web_client_url(v["guides"]["web_client_url"], problems)
+
     level = lg["level"].strip().upper()
     if level not in LOG_LEVELS:
         problems.add("logging.level", f"must be one of {', '.join(LOG_LEVELS)}")
@@ -455,7 +501,7 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path)
         raise ConfigError(problems.items)
     return Config(
         matrix=MatrixConfig(homeserver, UserId(m["user_id"]), password, m["device_name"]),
-        storage=StorageConfig(data_dir),
+        storage=StorageConfig(data_dir, s["keep_days"]),
         bot=BotConfig(
             language=cast(Literal["zh", "en"], b["language"]),
             admins=tuple(UserId(x) for x in b["admins"]),
@@ -469,6 +515,7 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path)
         verification=VerificationConfig(ver["max_per_hour"], ver["max_cancels_per_hour"]),
         reminders=reminders,
         alerts=AlertsConfig(alerts["enabled"], alerts["debounce_seconds"]),
+        guides=GuidesConfig(web_client_url),
     )
 
 

@@ -4,6 +4,9 @@ The decisions (which step, did the checkpoint pass) are ``nerbot.domain.guide``'
 loads progress, asks the homeserver (a fresh assessment, never a cached one) when a step has a
 checkpoint, and says what happened. Guide content is personal (checkpoint results name the
 user's sessions), so it always goes to the encrypted DM; a group room only gets a short pointer.
+
+Where the server does not show a step's result (recovery without the admin token), the bot says
+so and asks the person to look and confirm (``!next confirm``); it never infers the result.
 """
 
 from __future__ import annotations
@@ -24,11 +27,15 @@ from nerbot.domain.guide import (
     GuideLibrary,
     GuideOutcome,
     GuideProgress,
+    GuideStep,
     Move,
     Platform,
+    Unseen,
     clamp,
     evaluate_checkpoint,
     guess_platform,
+    label_quotes,
+    means_confirm,
     means_next,
     next_step,
     previous_step,
@@ -37,6 +44,7 @@ from nerbot.domain.guide import (
 )
 from nerbot.errors import FactsUnavailable
 from nerbot.i18n import Catalog, Voice
+from nerbot.i18n.quote import quoted
 from nerbot.ids import UserId
 from nerbot.ports import Messenger
 from nerbot.store import Store
@@ -49,6 +57,8 @@ PLATFORM_WORDS: dict[str, Platform] = {
     "mobile": "mobile", "phone": "mobile", "android": "mobile", "ios": "mobile",
     "手机": "mobile", "移动": "mobile",
 }
+# ``!next confirm``: the person vouches for a step the bot cannot check itself.
+CONFIRM_ARGS = frozenset({"confirm", "confirmed", "确认", "已确认"})
 
 
 class FreshAssessor(Protocol):
@@ -59,29 +69,56 @@ class GuideConversation:
     """One user's walkthrough at a time: start, move, check, and say it in their language."""
 
     def __init__(self, library: GuideLibrary, store: Store, hygiene: FreshAssessor,
-                 messenger: Messenger, catalog: Catalog, now_ms: Callable[[], int]) -> None:
+                 messenger: Messenger, catalog: Catalog, now_ms: Callable[[], int],
+                 web_client_url: str = "") -> None:
         self.library = library
         self.store = store
         self.hygiene = hygiene
         self.messenger = messenger
         self.now_ms = now_ms
         self.voice = Voice(catalog, store.get_language)
+        # The community's own Element Web (``[guides] web_client_url``); "" = no link.
+        self.web_client_url = web_client_url
 
     # -- text --------------------------------------------------------------------------------
 
     def _devices(self, user_id: UserId, devices: tuple[DeviceFacts, ...]) -> str:
         return ", ".join(self.voice.t(user_id, "guide.device", device_id=d.device_id,
-                                 name=d.display_name or "") for d in devices)
+                                 name=quoted(d.display_name or "")) for d in devices)
 
-    def check_text(self, user_id: UserId, step_texts: Mapping[str, str] | None,
-                   check: CheckResult) -> str:
-        """The step's own passed/failed line, then what the server showed, concretely."""
-        lines = []
-        if step_texts:
-            lines.append(step_texts[self.voice.language(user_id)])
-        lines.append(self.voice.t(user_id, f"guide.check.{check.reason.value}",
-                             devices=self._devices(user_id, check.devices)))
-        return "\n\n".join(lines)
+    def _labels(self, user_id: UserId) -> Mapping[str, str]:
+        return label_quotes(self.library.labels, self.voice.language(user_id))
+
+    def check_text(self, user_id: UserId, step: GuideStep, check: CheckResult,
+                   platform: Platform) -> str:
+        """What the server showed, and the step's verdict only where its subject was seen.
+
+        Seen: the step's own ✅/❌ line, then what the server showed, concretely. Not seen
+        (recovery without the admin token): no verdict and no ✅/❌ at all; the bot says it
+        cannot see it and asks the person to look (the step's hint) and confirm, or repeats
+        that the pass rests on their word.
+        """
+        shown = self.voice.t(user_id, f"guide.check.{check.reason.value}",
+                             devices=self._devices(user_id, check.devices),
+                             label=self._labels(user_id))
+        lang = self.voice.language(user_id)
+        if check.unseen is not None:
+            unseen = self.voice.t(user_id, f"guide.unseen.{check.unseen.value}",
+                                  hint=step.hint(lang, platform))
+            mark = MARK["info"] if check.unseen is Unseen.CONFIRMED else MARK["unknown"]
+            return "\n\n".join([f"{mark} {shown}", unseen])
+        verdict = step.check_passed if check.passed else step.check_failed
+        return "\n\n".join([*([verdict[lang]] if verdict else []), shown])
+
+    def _body(self, user_id: UserId, step: GuideStep, platform: Platform) -> str:
+        """The step in the user's language, then (where the step asks for it) the community's
+        own Element Web: its address if configured, else where to get it."""
+        body = step.body(self.voice.language(user_id), platform)
+        if platform not in step.web_client:
+            return body
+        place = (self.voice.t(user_id, "guide.web_client_link", url=self.web_client_url)
+                 if self.web_client_url else self.voice.t(user_id, "guide.web_client_none"))
+        return "\n\n".join([body, place])
 
     async def platform_of(self, user_id: UserId, report: UserReport | None = None) -> Platform:
         """The user's choice (``!platform``), else a guess from their session names."""
@@ -103,7 +140,7 @@ class GuideConversation:
                          n=progress.step + 1, total=len(guide.steps))]
         if before:
             parts.append(before)
-        parts.append(step.body(lang, platform))
+        parts.append(self._body(user_id, step, platform))
         if step.has_variants:
             parts.append(self.voice.t(user_id, f"guide.platform_shown.{platform}"))
         parts.append(guide.footer[lang])
@@ -156,7 +193,7 @@ class GuideConversation:
         if guide is None:
             close = self.library.close_match(name)
             hint = self.voice.t(user_id, "guide.did_you_mean", name=close) if close else ""
-            return self.voice.t(user_id, "guide.unknown", name=name, hint=hint,
+            return self.voice.t(user_id, "guide.unknown", name=quoted(name), hint=hint,
                            names=", ".join(f"`{n}`" for n in self.library.names))
         now = self.now_ms()
         current = self.active(user_id)
@@ -175,22 +212,24 @@ class GuideConversation:
         logger.info("Guide %s started by %s", guide.name, user_id)
         return self.step_text(user_id, guide, progress, platform, before=before)
 
-    async def check(self, user_id: UserId, guide: Guide, progress: GuideProgress
-                    ) -> tuple[CheckResult | None, UserReport | None]:
+    async def check(self, user_id: UserId, guide: Guide, progress: GuideProgress,
+                    confirmed: bool = False) -> tuple[CheckResult | None, UserReport | None]:
         checkpoint = guide.steps[progress.step].checkpoint
         if checkpoint is None:
             return None, None
         report = await self.hygiene.assess_one(user_id, fresh=True)  # the step just happened
         verified = (checkpoint is Checkpoint.BOT_VERIFIED
                     and self.store.verified_since(user_id, progress.started_ms))
-        return evaluate_checkpoint(checkpoint, report, progress, verified), report
+        return evaluate_checkpoint(checkpoint, report, progress, verified, confirmed), report
 
-    async def next(self, user_id: UserId) -> str:
+    async def next(self, user_id: UserId, confirmed: bool = False) -> str:
+        """``!next`` (``confirmed``: ``!next confirm``, the person vouching for a step the
+        server does not show; it counts only there)."""
         current = self.active(user_id)
         if current is None:
             return self.voice.t(user_id, "guide.none_active")
         guide, progress = current
-        check, report = await self.check(user_id, guide, progress)
+        check, report = await self.check(user_id, guide, progress, confirmed)
         return await self._apply(user_id, guide, progress,
                                  next_step(guide, progress, check, self.now_ms()), report)
 
@@ -199,8 +238,8 @@ class GuideConversation:
         step = guide.steps[progress.step]
         before = ""
         if outcome.check is not None:
-            texts = step.check_passed if outcome.check.passed else step.check_failed
-            before = self.check_text(user_id, texts, outcome.check)
+            platform = await self.platform_of(user_id, report)
+            before = self.check_text(user_id, step, outcome.check, platform)
         if outcome.move is Move.STAYED:
             return "\n\n".join([before, self.voice.t(user_id, "guide.stayed")])
         if outcome.move is Move.FINISHED:
@@ -262,11 +301,15 @@ class GuideConversation:
         await self.messenger.send_dm(user_id, text)
 
     def interpret(self, message: IncomingText) -> str | None:
-        """A plain "done"/"好了" in the DM while a guide is active means ``!next``."""
-        if message.is_dm and means_next(message.body) \
-                and self.store.get_guide_progress(message.sender) is not None:
-            return "!next"
-        return None
+        """A plain "done"/"好了" in the DM while a guide is active means ``!next``, a plain
+        "confirm"/"确认" means ``!next confirm``."""
+        if not message.is_dm:
+            return None
+        command = ("!next" if means_next(message.body)
+                   else "!next confirm" if means_confirm(message.body) else None)
+        if command is None or self.store.get_guide_progress(message.sender) is None:
+            return None
+        return command
 
 
 def guide_commands(conversation: GuideConversation) -> list[Command]:
@@ -286,9 +329,9 @@ def guide_commands(conversation: GuideConversation) -> list[Command]:
             await deliver(ctx, await conversation.list_guides(ctx.sender))
 
     async def next_(ctx: CommandContext) -> None:
-        if ctx.args:
+        if len(ctx.args) > 1 or (ctx.args and ctx.args[0].lower() not in CONFIRM_ARGS):
             raise UsageError
-        await deliver(ctx, await conversation.next(ctx.sender))
+        await deliver(ctx, await conversation.next(ctx.sender, confirmed=bool(ctx.args)))
 
     async def back(ctx: CommandContext) -> None:
         if ctx.args:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from nerbot.errors import FactsUnavailable
 from nerbot.i18n import Catalog, Language
+from nerbot.i18n.quote import quoted
 from nerbot.ids import EventId, RoomId, UserId, server_of
 from nerbot.ports import Messenger
 
@@ -51,6 +52,11 @@ class CommandContext:
 
     def t(self, key: str, **params: object) -> str:
         return self.catalog.t(self.language, key, **params)
+
+    @staticmethod
+    def quoted(text: str) -> str:
+        """What the person typed, made safe to echo in a reply (``nerbot.i18n.quote``)."""
+        return quoted(text)
 
     async def reply(self, key: str, **params: object) -> None:
         """Answer in the room the command came from, in the sender's language."""
@@ -155,7 +161,7 @@ class CommandRouter:
         )
         command = self.registry.get(parsed.name)
         if command is None:
-            await ctx.reply("command.unknown", name=PREFIX + parsed.name)
+            await ctx.reply("command.unknown", name=quoted(PREFIX + parsed.name))
             return True
         if command.admin_only and not self.is_admin(message.sender):
             await ctx.reply("command.admin_only")

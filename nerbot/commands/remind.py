@@ -14,9 +14,10 @@ from zoneinfo import ZoneInfo
 from nerbot.commands.registry import Command, CommandContext, UsageError
 from nerbot.commands.report_text import MARK
 from nerbot.domain.alerts import AlertDecision
-from nerbot.domain.assessment import UserReport
+from nerbot.domain.assessment import FindingKind, UserReport
 from nerbot.domain.reminders import ReminderDecision, parse_duration
 from nerbot.i18n import Catalog, Voice
+from nerbot.i18n.quote import quoted
 from nerbot.ids import UserId, server_of
 from nerbot.store import Store
 
@@ -38,7 +39,8 @@ class MessageText:
 
     def _sessions(self, user_id: UserId, report: UserReport, ids: tuple[str, ...]) -> str:
         seen = self.store.known_devices(user_id)
-        names = {s.device.device_id: s.device.display_name or "" for s in report.sessions}
+        names = {s.device.device_id: quoted(s.device.display_name or "")
+                 for s in report.sessions}
         parts = []
         for device_id in ids:
             since = seen.get(device_id)
@@ -57,6 +59,11 @@ class MessageText:
                                  mark=MARK["warn"], since=since))
             if finding.device_ids:
                 lines.append(self._sessions(user_id, report, finding.device_ids))
+            if finding.kind is FindingKind.NO_CROSS_SIGNING \
+                    and "backup_likely_absent" in report.inferred:
+                # The backup itself was not seen: said as the inference it is, not as a fact.
+                lines.append(self.voice.t(user_id, "remind.inferred.backup_likely_absent",
+                                          mark=MARK["unknown"]))
         if report.remote:
             lines.append(self.voice.t(user_id, "remind.remote_scope", server=server_of(user_id)))
         lines.append("")
@@ -75,7 +82,7 @@ class MessageText:
                                  count=len(decision.new_unsigned)))
             for device in decision.new_unsigned:
                 lines.append(self.voice.t(user_id, "alert.session", device_id=device.device_id,
-                                     name=device.display_name or "",
+                                     name=quoted(device.display_name or ""),
                                      when=self.when(noticed_ms, with_time=True)))
             lines += ["", self.voice.t(user_id, "alert.new_sessions_todo")]
         if decision.identity_reset:
@@ -116,7 +123,7 @@ def remind_commands(store: Store, hygiene: ReminderView,
             try:
                 until = now_ms() + parse_duration(args[1])
             except ValueError:
-                await ctx.reply("remind.bad_duration", value=ctx.args[1])
+                await ctx.reply("remind.bad_duration", value=quoted(ctx.args[1]))
                 return
             store.set_reminder_choice(ctx.sender, now_ms(), snoozed_until_ms=until)
             await ctx.reply("remind.snoozed", until=text.when(until, with_time=True))

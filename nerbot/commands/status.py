@@ -9,6 +9,7 @@ from typing import Protocol
 from nerbot.commands.registry import Command, CommandContext, UsageError
 from nerbot.commands.report_text import render_report
 from nerbot.domain.assessment import UserReport
+from nerbot.i18n.quote import quoted
 from nerbot.ids import UserId, is_user_id
 
 logger = logging.getLogger(__name__)
@@ -33,12 +34,12 @@ def status_commands(
                 await ctx.reply("status.refused_other")
                 return
             if not is_user_id(target):
-                await ctx.reply("status.not_a_user", arg=target)
+                await ctx.reply("status.not_a_user", arg=quoted(target))
                 return
         # Fresh: the person is looking right now, so no cached view of their sessions.
         report = await hygiene.assess_one(target, fresh=True)
         if not report.exists or (not about_self and not await user_exists(target)):
-            text = ctx.t("status.unknown_user", user=target)
+            text = ctx.t("status.unknown_user", user=quoted(target))
         else:
             text = render_report(ctx.catalog, ctx.language, report, about_self)
         if ctx.is_dm:

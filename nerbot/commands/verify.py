@@ -90,7 +90,7 @@ def verify_commands(verifier: Verifier, ensure_dm: Callable[[UserId], Awaitable[
                 device_id = ctx.args[0]
                 await verifier.request_to_device(ctx.sender, device_id)
                 await ctx.messenger.send_dm(
-                    ctx.sender, ctx.t("verify.requested_device", device_id=device_id))
+                    ctx.sender, ctx.t("verify.requested_device", device_id=ctx.quoted(device_id)))
             else:
                 room_id = ctx.room_id if ctx.is_dm else await ensure_dm(ctx.sender)
                 await verifier.request_in_room(ctx.sender, room_id, ctx.t("verify.requested_room"))
@@ -98,6 +98,6 @@ def verify_commands(verifier: Verifier, ensure_dm: Callable[[UserId], Awaitable[
             if not ctx.is_dm:
                 await ctx.reply("verify.dm_only")
         except VerificationRefused as exc:
-            await ctx.reply(f"verify.{exc.reason}", device_id=ctx.args[0] if ctx.args else "")
+            await ctx.reply(f"verify.{exc.reason}", device_id=ctx.quoted("".join(ctx.args[:1])))
 
     return [Command("verify", verify, aliases=("验证",))]

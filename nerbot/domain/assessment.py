@@ -28,6 +28,11 @@ class SessionMark(enum.Enum):
 
 
 class FindingKind(enum.Enum):
+    """What can go wrong. With current Element the identity (cross-signing) and the key backup
+    are created by the client itself at first login, without asking, so the common gap is
+    recovery (no secret storage: nothing restores identity and backup once every device is
+    gone); a missing identity is rare (an old or another client)."""
+
     NO_CROSS_SIGNING = "no_cross_signing"
     NO_BACKUP = "no_backup"
     NO_SECRET_STORAGE = "no_secret_storage"
@@ -47,7 +52,7 @@ GUIDE_FOR: dict[FindingKind, str] = {
 SEVERITY_OF: dict[FindingKind, Severity] = {
     FindingKind.NO_CROSS_SIGNING: Severity.HIGH,
     FindingKind.NO_BACKUP: Severity.HIGH,
-    FindingKind.NO_SECRET_STORAGE: Severity.MEDIUM,
+    FindingKind.NO_SECRET_STORAGE: Severity.HIGH,  # lose every device: history and identity go
     FindingKind.UNVERIFIED_SESSIONS: Severity.MEDIUM,
     FindingKind.STALE_SESSIONS: Severity.LOW,
 }
@@ -77,6 +82,8 @@ class SessionReport:
 class UserReport:
     """The assessment of one user; ``inferred`` lists conclusions not directly seen.
 
+    ``recovery``: a default secret-storage key exists (seen in account data with the admin
+    token); None when not visible (no admin token, or someone on another homeserver).
     ``notes`` lists things seen that changed the findings (``"backup_opted_out"``: the user
     turned key storage off on purpose, so backup is not flagged). ``remote``: the user is on
     another homeserver, so only their keys were seen; ``activity_known``: session last-use
@@ -94,6 +101,7 @@ class UserReport:
     notes: tuple[str, ...] = field(default=())
     remote: bool = False
     activity_known: bool = False
+    recovery: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -141,18 +149,21 @@ def assess_user(facts: UserFacts, policy: AssessmentPolicy, now_ms: int) -> User
     opted_out = facts.backup.storage_opted_out is True
     if not facts.cross_signing:
         kinds.append((FindingKind.NO_CROSS_SIGNING, ()))
+    # Recovery is its own question, identity or not: current clients make the identity and the
+    # backup by themselves, so "has cross-signing" says nothing about a recovery key. Before a
+    # missing backup too: Element's recovery setup also makes a working backup.
+    if facts.backup.secret_storage is False and not opted_out:
+        kinds.append((FindingKind.NO_SECRET_STORAGE, ()))
     if opted_out:
         # They said no: respect it, neither flagging nor guessing about backup.
         notes.append("backup_opted_out")
     elif facts.backup.state is BackupState.ABSENT:
         kinds.append((FindingKind.NO_BACKUP, ()))
     elif facts.backup.state is BackupState.UNKNOWN:
-        # Recovery is set up together with cross-signing by every current client, so without
-        # an identity there is almost certainly no backup; with one, we cannot tell.
+        # Current clients create the key backup together with the identity at first login, so
+        # without an identity there is almost certainly no backup; with one, we cannot tell.
         inferred.append("backup_likely_absent" if not facts.cross_signing
                         else "backup_not_visible")
-    if facts.cross_signing and facts.backup.secret_storage is False and not opted_out:
-        kinds.append((FindingKind.NO_SECRET_STORAGE, ()))
     if facts.cross_signing:
         unverified = tuple(s.device.device_id for s in sessions
                            if s.mark is SessionMark.UNVERIFIED)
@@ -180,4 +191,5 @@ def assess_user(facts: UserFacts, policy: AssessmentPolicy, now_ms: int) -> User
         notes=tuple(notes),
         remote=facts.remote,
         activity_known=facts.device_activity_known,
+        recovery=facts.backup.secret_storage,
     )

@@ -4,12 +4,20 @@ Everything here decides and nothing does I/O: the command layer loads the user's
 fetches a fresh assessment when the current step has a checkpoint, calls these functions and
 renders what they return. So every transition and every checkpoint rule is unit-tested without
 a homeserver, and a restart loses nothing because progress is a plain value the store keeps.
+
+Client labels (the words Element shows on a button or a screen) are data too, with their
+source: ``nerbot/guides/labels.toml`` lists each one with its translation key, its text in each
+language and the client file and commit it was read from. Guide texts never type a label: they
+write ``{label:ID}``, and ``parse_guide`` replaces the marker with the label's text in the
+step's language, in bold. Bold in a rendered guide therefore always means "exactly these words
+are on your screen", and updating the labels for a new Element release means editing one file.
 """
 
 from __future__ import annotations
 
 import difflib
 import enum
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -24,42 +32,177 @@ GUIDE_LANGUAGES = ("zh", "en")
 # Words people type instead of ``!next`` while a guide is active (compared after normalising).
 DONE_WORDS = frozenset({"done", "next", "ok done", "好了", "完成", "下一步", "完成了",
                         "好了下一步"})
+# Words that also confirm a step the bot cannot check itself (``!next confirm``).
+CONFIRM_WORDS = frozenset({"confirm", "confirmed", "确认", "已确认", "我确认", "确认了"})
 _TRAILING = " \t\r\n.。!！~～…,，"
 
 # Session names that only mobile clients give themselves (Element X, Element Android/iOS…).
 _MOBILE_HINTS = ("element x", "android", "ios", "iphone", "ipad", "mobile")
 
+# ``{label:web.encryption_tab}``: a client label, rendered from the label file.
+LABEL_MARKER = re.compile(r"\{label:([a-z0-9_.-]+)\}")
+# Format placeholders in client strings: ``%(counter)s`` (Web), ``%1$@`` / ``%1$s`` (Element X).
+_CLIENT_PLACEHOLDER = r"%(?:\([A-Za-z_]+\)s|\d+\$[@sd]|[@sd])"
+_PLACEHOLDER_IN_BRACKETS = re.compile(
+    rf"\s*[(（][^()（）]*{_CLIENT_PLACEHOLDER}[^()（）]*[)）]")
+_PLACEHOLDER = re.compile(_CLIENT_PLACEHOLDER)
+CLIENTS = ("element-web", "element-x")
+MISSING = "missing"  # ``zh_older``: that build had no Chinese for the label (it showed English)
+
+
+class GuideDataError(ValueError):
+    """A guide or the label file is malformed; raised at load time, never at a user."""
+
+
+# -- client labels --------------------------------------------------------------------------
+
+
+def shown_text(client_string: str) -> str:
+    """What a client string shows as a label: a placeholder in brackets (a countdown, a name)
+    is left out, any other placeholder becomes "…": "Ignore (%(counter)s)" → "Ignore"."""
+    text = _PLACEHOLDER_IN_BRACKETS.sub("", client_string)
+    return _PLACEHOLDER.sub("…", text).strip()
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLabel:
+    """One label as a client shows it, read from the client's own string files.
+
+    ``zh`` is None when the client has no Chinese for it (Chinese users then see English).
+    ``zh_older`` records what an older build showed, where that was checked: ``"missing"``
+    means no translation there, so Chinese users of that build see the English label.
+    """
+
+    id: str
+    client: str
+    key: str
+    en: str
+    zh: str | None
+    sources: tuple[str, ...]
+    zh_older: str | None = None
+
+    def text(self, language: str) -> str:
+        """The label's words on screen in ``language`` (English where Chinese is missing)."""
+        if language == "zh" and self.zh is not None:
+            return shown_text(self.zh)
+        return shown_text(self.en)
+
+    @property
+    def zh_may_be_missing(self) -> bool:
+        return self.zh is None or self.zh_older == MISSING
+
+    def quote(self, language: str) -> str:
+        """The label as a guide quotes it: bold, and in Chinese with the English in brackets
+        where a build in use may show English instead."""
+        quoted = f"**{self.text(language)}**"
+        if language == "zh" and self.zh is not None and self.zh_may_be_missing:
+            return f"{quoted}（{shown_text(self.en)}）"
+        return quoted
+
+
+def _label_field(raw: Mapping[str, Any], name: str, where: str) -> str:
+    value = raw.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise GuideDataError(f"{where}: {name} must be a non-empty string")
+    return value
+
+
+def parse_labels(raw: Mapping[str, Any]) -> dict[str, ClientLabel]:
+    """The label file (``[sources.*]`` and ``[[label]]``), checked, by id."""
+    sources = raw.get("sources")
+    if not isinstance(sources, Mapping) or not sources:
+        raise GuideDataError("labels: no [sources]")
+    labels: dict[str, ClientLabel] = {}
+    for entry in raw.get("label", []):
+        label_id = _label_field(entry, "id", "label")
+        where = f"label {label_id}"
+        if label_id in labels:
+            raise GuideDataError(f"{where}: duplicate id")
+        client = _label_field(entry, "client", where)
+        if client not in CLIENTS:
+            raise GuideDataError(f"{where}: client must be one of {CLIENTS}")
+        zh = entry.get("zh")
+        if zh is not None and (not isinstance(zh, str) or not zh.strip()):
+            raise GuideDataError(f"{where}: zh must be a non-empty string or left out")
+        zh_older = entry.get("zh_older")
+        if zh_older is not None and (not isinstance(zh_older, str) or not zh_older.strip()):
+            raise GuideDataError(f"{where}: zh_older must be a non-empty string or left out")
+        refs = entry.get("sources")
+        if not isinstance(refs, list) or not refs or any(r not in sources for r in refs):
+            raise GuideDataError(f"{where}: sources must name entries of [sources]")
+        labels[label_id] = ClientLabel(
+            id=label_id, client=client, key=_label_field(entry, "key", where),
+            en=_label_field(entry, "en", where), zh=zh, sources=tuple(refs),
+            zh_older=zh_older)
+    if not labels:
+        raise GuideDataError("labels: no [[label]] entries")
+    return labels
+
+
+def label_quotes(labels: Mapping[str, ClientLabel], language: str) -> dict[str, str]:
+    """Every label quoted in ``language``, for catalog lines that write ``{label[ID]}``."""
+    return {label_id: label.quote(language) for label_id, label in labels.items()}
+
+
+def render_labels(text: str, language: str, labels: Mapping[str, ClientLabel],
+                  where: str = "") -> str:
+    """``text`` with every ``{label:ID}`` replaced by the label quoted in ``language``."""
+    def one(match: re.Match[str]) -> str:
+        label = labels.get(match.group(1))
+        if label is None:
+            raise GuideDataError(f"{where}: unknown label {match.group(1)!r}")
+        return label.quote(language)
+
+    return LABEL_MARKER.sub(one, text)
+
+
+# -- guides -----------------------------------------------------------------------------------
+
 
 class Checkpoint(enum.Enum):
     """What a step asks the homeserver before letting the user move on."""
 
-    CROSS_SIGNING = "cross_signing"
-    BACKUP = "backup"
+    RECOVERY = "recovery"
     SESSIONS_VERIFIED = "sessions_verified"
     NEW_SESSION_SIGNED = "new_session_signed"
     BOT_VERIFIED = "bot_verified"
 
+    @property
+    def may_be_unseen(self) -> bool:
+        """The subject may be invisible to the bot, so the person is asked to confirm it."""
+        return self is Checkpoint.RECOVERY
 
-class GuideDataError(ValueError):
-    """A guide file is malformed; raised at load time so a bad file never reaches a user."""
+
+Texts = Mapping[str, Mapping[str, str]]  # language → variant ("all" / "web", "mobile") → text
 
 
 @dataclass(frozen=True, slots=True)
 class GuideStep:
     id: str
     checkpoint: Checkpoint | None
-    # language → variant ("all", or "web" and "mobile") → Markdown
-    texts: Mapping[str, Mapping[str, str]]
+    texts: Texts
     check_failed: Mapping[str, str] = field(default_factory=dict)
     check_passed: Mapping[str, str] = field(default_factory=dict)
+    # Where to look in the client when the checkpoint cannot be seen (same shape as texts).
+    confirm_hint: Texts = field(default_factory=dict)
+    # Platforms on which the step is followed by the community's own Element Web (its address
+    # from the configuration, or where to ask for it): ``web_client = "mobile"`` in the data.
+    web_client: frozenset[Platform] = frozenset()
 
     def body(self, language: str, platform: Platform) -> str:
-        variants = self.texts[language]
-        return variants.get("all") or variants[platform]
+        return _variant(self.texts, language, platform)
+
+    def hint(self, language: str, platform: Platform) -> str:
+        return _variant(self.confirm_hint, language, platform) if self.confirm_hint else ""
 
     @property
     def has_variants(self) -> bool:
         return "all" not in next(iter(self.texts.values()))
+
+
+def _variant(texts: Texts, language: str, platform: Platform) -> str:
+    variants = texts[language]
+    return variants.get("all") or variants[platform]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,16 +218,37 @@ class Guide:
         return frozenset(s.checkpoint for s in self.steps if s.checkpoint is not None)
 
 
-def _texts(raw: Any, where: str) -> dict[str, str]:
+def _texts(raw: Any, where: str, labels: Mapping[str, ClientLabel]) -> dict[str, str]:
     if not isinstance(raw, dict) or set(raw) != set(GUIDE_LANGUAGES):
         raise GuideDataError(f"{where}: needs exactly {GUIDE_LANGUAGES}")
     if not all(isinstance(v, str) and v.strip() for v in raw.values()):
         raise GuideDataError(f"{where}: empty text")
-    return {k: v.strip() for k, v in raw.items()}
+    return {k: render_labels(v.strip(), k, labels, where) for k, v in raw.items()}
 
 
-def parse_guide(raw: Mapping[str, Any]) -> Guide:
-    """A ``Guide`` from one TOML document, checked so a bad file fails at start-up, not later."""
+def _variants(raw_step: Mapping[str, Any], table: str | None, where: str,
+              labels: Mapping[str, ClientLabel]) -> dict[str, dict[str, str]]:
+    """``{lang: {"all": …} or {"web": …, "mobile": …}}`` from a step (or one of its tables)."""
+    source = raw_step.get(table) if table else raw_step
+    if not isinstance(source, Mapping):
+        raise GuideDataError(f"{where}: {table} must be a table")
+    texts: dict[str, dict[str, str]] = {}
+    for lang in GUIDE_LANGUAGES:
+        variants = source.get(lang)
+        if not isinstance(variants, dict) or set(variants) not in ({"all"}, set(PLATFORMS)):
+            raise GuideDataError(f"{where}.{lang}: needs 'all' or 'web' + 'mobile'")
+        if not all(isinstance(v, str) and v.strip() for v in variants.values()):
+            raise GuideDataError(f"{where}.{lang}: empty text")
+        texts[lang] = {k: render_labels(str(v).strip(), lang, labels, f"{where}.{lang}")
+                       for k, v in variants.items()}
+    return texts
+
+
+def parse_guide(raw: Mapping[str, Any], labels: Mapping[str, ClientLabel] | None = None
+                ) -> Guide:
+    """A ``Guide`` from one TOML document, its labels rendered, checked so a bad file fails at
+    start-up, not later."""
+    book = labels or {}
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise GuideDataError("guide without a name")
@@ -99,40 +263,48 @@ def parse_guide(raw: Mapping[str, Any]) -> Guide:
             checkpoint = Checkpoint(raw_step["checkpoint"]) if raw_step.get("checkpoint") else None
         except ValueError as exc:
             raise GuideDataError(f"{where}: unknown checkpoint") from exc
-        texts: dict[str, dict[str, str]] = {}
-        for lang in GUIDE_LANGUAGES:
-            variants = raw_step.get(lang)
-            if not isinstance(variants, dict) or set(variants) not in ({"all"}, set(PLATFORMS)):
-                raise GuideDataError(f"{where}.{lang}: needs 'all' or 'web' + 'mobile'")
-            texts[lang] = {k: str(v).strip() for k, v in variants.items()}
-        failed = _texts(raw_step["check_failed"], where) if checkpoint else {}
-        passed = _texts(raw_step["check_passed"], where) if checkpoint else {}
-        steps.append(GuideStep(step_id, checkpoint, texts, failed, passed))
+        texts = _variants(raw_step, None, where, book)
+        failed = _texts(raw_step.get("check_failed"), f"{where}.check_failed", book) \
+            if checkpoint else {}
+        passed = _texts(raw_step.get("check_passed"), f"{where}.check_passed", book) \
+            if checkpoint else {}
+        hint: dict[str, dict[str, str]] = {}
+        if checkpoint is not None and checkpoint.may_be_unseen:
+            hint = _variants(raw_step, "confirm_hint", f"{where}.confirm_hint", book)
+        elif "confirm_hint" in raw_step:
+            raise GuideDataError(f"{where}: confirm_hint without a checkpoint that needs it")
+        web_client = raw_step.get("web_client")
+        if web_client is not None and web_client not in PLATFORMS:
+            raise GuideDataError(f"{where}: web_client must be one of {PLATFORMS}")
+        steps.append(GuideStep(step_id, checkpoint, texts, failed, passed, hint,
+                               frozenset({web_client}) if web_client else frozenset()))
     return Guide(
         name=name,
-        title=_texts(raw.get("title"), f"{name}.title"),
-        summary=_texts(raw.get("summary"), f"{name}.summary"),
-        footer=_texts(raw.get("footer"), f"{name}.footer"),
+        title=_texts(raw.get("title"), f"{name}.title", book),
+        summary=_texts(raw.get("summary"), f"{name}.summary", book),
+        footer=_texts(raw.get("footer"), f"{name}.footer", book),
         steps=tuple(steps),
     )
 
 
 @dataclass(frozen=True, slots=True)
 class GuideLibrary:
-    """All guides by name, in the order ``!guide`` lists them."""
+    """All guides by name, in the order ``!guide`` lists them, with the labels they quote."""
 
     guides: Mapping[str, Guide]
+    labels: Mapping[str, ClientLabel] = field(default_factory=dict)
 
     ORDER = ("backup", "new-device", "verify-sessions", "verify-user", "practice")
 
     @classmethod
-    def from_documents(cls, documents: Iterable[Mapping[str, Any]]) -> GuideLibrary:
+    def from_documents(cls, documents: Iterable[Mapping[str, Any]],
+                       labels: Mapping[str, ClientLabel] | None = None) -> GuideLibrary:
         """Guides from their parsed TOML documents (``nerbot.guides.load_library`` reads them)."""
         guides: dict[str, Guide] = {}
         for document in documents:
-            guide = parse_guide(document)
+            guide = parse_guide(document, labels)
             guides[guide.name] = guide
-        return cls(guides)
+        return cls(guides, dict(labels or {}))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -162,10 +334,19 @@ def guess_platform(devices: Iterable[DeviceFacts]) -> Platform:
     return "web"
 
 
+def _normalised(text: str) -> str:
+    return " ".join(text.strip().rstrip(_TRAILING).lower().split())
+
+
 def means_next(text: str) -> bool:
     """True for a plain reply like "done" or "好了" that stands for ``!next``."""
-    words = " ".join(text.strip().rstrip(_TRAILING).lower().split())
-    return words in DONE_WORDS
+    return _normalised(text) in DONE_WORDS
+
+
+def means_confirm(text: str) -> bool:
+    """True for a plain "confirm" / "确认": ``!next confirm``, the person vouching for a step
+    the bot cannot check itself."""
+    return _normalised(text) in CONFIRM_WORDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,14 +378,19 @@ def start_guide(guide: Guide, report: UserReport | None, now_ms: int) -> GuidePr
     )
 
 
-class CheckReason(enum.Enum):
-    """Why a checkpoint passed or failed; each has a catalog line ``guide.check.<value>``."""
+# -- checkpoints ------------------------------------------------------------------------------
 
-    IDENTITY_PRESENT = "identity_present"
-    NO_IDENTITY = "no_identity"
-    BACKUP_SEEN = "backup_seen"
-    BACKUP_INFERRED = "backup_inferred"          # not visible; inferred from cross-signing
+
+class CheckReason(enum.Enum):
+    """What the server showed (or that it shows nothing about the step's subject); each has a
+    catalog line ``guide.check.<value>``."""
+
+    RECOVERY_SET_UP = "recovery_set_up"
+    NO_RECOVERY = "no_recovery"
     BACKUP_ABSENT = "backup_absent"
+    RECOVERY_NOT_VISIBLE = "recovery_not_visible"
+    RECOVERY_NOT_VISIBLE_REMOTE = "recovery_not_visible_remote"
+    NO_IDENTITY = "no_identity"
     NEWLY_SIGNED = "newly_signed"
     ALL_SIGNED = "all_signed"
     STILL_UNVERIFIED = "still_unverified"
@@ -212,37 +398,64 @@ class CheckReason(enum.Enum):
     BOT_NOT_VERIFIED = "bot_not_verified"
 
 
+class Unseen(enum.Enum):
+    """The step's subject is not visible to the bot, and what the verdict rests on instead;
+    each has a catalog line ``guide.unseen.<value>``."""
+
+    ASK_CONFIRM = "ask_confirm"   # nothing to go on: the person is asked to look and confirm
+    CONFIRMED = "confirmed"       # the person said they see it done: their word, not a check
+
+
 @dataclass(frozen=True, slots=True)
 class CheckResult:
+    """A checkpoint's verdict.
+
+    ``reason`` is what the server showed. ``unseen`` is set when the step's own subject was not
+    visible (recovery without the admin token): then nothing about the subject is announced as
+    a fact and no ✅/❌ is put on it; the person is asked to confirm, or has confirmed.
+    """
+
     passed: bool
     reason: CheckReason
     devices: tuple[DeviceFacts, ...] = ()  # the sessions the reason is about
+    unseen: Unseen | None = None
+
+    @property
+    def seen(self) -> bool:
+        return self.unseen is None
 
 
 def _unverified(report: UserReport) -> tuple[DeviceFacts, ...]:
     return tuple(s.device for s in report.sessions if s.mark is SessionMark.UNVERIFIED)
 
 
+def _recovery(report: UserReport, confirmed: bool) -> CheckResult:
+    """Recovery (a default secret-storage key, seen with the admin token), with the key backup
+    behind it where the admin-login check shows it. Never inferred from cross-signing: current
+    Element creates the identity by itself, so it says nothing about recovery."""
+    if report.recovery is True:
+        if report.backup is BackupState.ABSENT:
+            return CheckResult(False, CheckReason.BACKUP_ABSENT)
+        return CheckResult(True, CheckReason.RECOVERY_SET_UP)
+    if report.recovery is False:
+        return CheckResult(False, CheckReason.NO_RECOVERY)
+    reason = (CheckReason.RECOVERY_NOT_VISIBLE_REMOTE if report.remote
+              else CheckReason.RECOVERY_NOT_VISIBLE)
+    if confirmed:
+        return CheckResult(True, reason, unseen=Unseen.CONFIRMED)
+    return CheckResult(False, reason, unseen=Unseen.ASK_CONFIRM)
+
+
 def evaluate_checkpoint(checkpoint: Checkpoint, report: UserReport, progress: GuideProgress,
-                        verified_with_bot: bool = False) -> CheckResult:
-    """Did the step really happen? Judged on a fresh assessment, never on the user's word."""
+                        verified_with_bot: bool = False, confirmed: bool = False
+                        ) -> CheckResult:
+    """Did the step really happen? Judged on a fresh assessment; the person's word
+    (``confirmed``) counts only where the server shows nothing about the step."""
     if checkpoint is Checkpoint.BOT_VERIFIED:
         reason = CheckReason.BOT_VERIFIED if verified_with_bot else CheckReason.BOT_NOT_VERIFIED
         return CheckResult(verified_with_bot, reason)
-    if checkpoint is Checkpoint.CROSS_SIGNING:
-        if report.cross_signing:
-            return CheckResult(True, CheckReason.IDENTITY_PRESENT)
-        return CheckResult(False, CheckReason.NO_IDENTITY)
-    if checkpoint is Checkpoint.BACKUP:
-        if report.backup is BackupState.PRESENT:
-            return CheckResult(True, CheckReason.BACKUP_SEEN)
-        if report.backup is BackupState.ABSENT:
-            return CheckResult(False, CheckReason.BACKUP_ABSENT)
-        # Not visible without the admin API: every current client creates the cross-signing
-        # identity in the same setup, so its appearance is the best evidence we can get.
-        if report.cross_signing:
-            return CheckResult(True, CheckReason.BACKUP_INFERRED)
-        return CheckResult(False, CheckReason.NO_IDENTITY)
+    if checkpoint is Checkpoint.RECOVERY:
+        return _recovery(report, confirmed)
     if not report.cross_signing:
         return CheckResult(False, CheckReason.NO_IDENTITY)
     unverified = _unverified(report)

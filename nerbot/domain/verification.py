@@ -8,6 +8,10 @@ SAS maths is injected (``SasMath``), so the machine is tested with two machines 
 
 Bot policy, from the product: the bot shows its emoji and numbers, and sends its own MAC only
 after the person's valid MAC arrived (their client sends it when they tap "They match").
+
+Intake guards, also pure: ``validate_content`` checks an event's fields before anything else
+looks at it, and ``SenderLimiter`` bounds how many verification events one sender gets
+handled, so a flood costs the bot a counter and nothing else.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 REQUEST = "m.key.verification.request"
 READY = "m.key.verification.ready"
@@ -174,16 +178,21 @@ class VerificationFlow:
         return self.phase in (Phase.DONE, Phase.CANCELLED)
 
     def receive_request(self, content: dict[str, Any], now_ms: int) -> list[Action]:
-        """They asked us to verify: answer ready (if SAS is offered and the request is fresh)."""
+        """They asked us to verify: answer ready (if SAS is offered).
+
+        The transport validated the request (``validate_content``: fields, types, freshness).
+        Should one get here anyway, a malformed or stale request is ignored as the spec says:
+        the flow ends with nothing to send.
+        """
         self.last_event_ms = now_ms
         methods = content.get("methods")
         from_device = content.get("from_device")
         timestamp = content.get("timestamp")
-        if not isinstance(from_device, str) or not isinstance(methods, list):
-            return self._cancel(INVALID_MESSAGE)
-        if isinstance(timestamp, int) and (now_ms - timestamp > REQUEST_VALID_MS
-                                           or timestamp - now_ms > FUTURE_SKEW_MS):
-            return self._cancel(TIMEOUT)
+        stale = isinstance(timestamp, int) and not _fresh(timestamp, now_ms)
+        if not valid_id(from_device) or not _strings(methods) or stale:
+            self.phase = Phase.CANCELLED
+            return []
+        assert isinstance(from_device, str) and isinstance(methods, list)
         if SAS_V1 not in methods:
             return self._cancel(UNKNOWN_METHOD)
         self.their_device = from_device
@@ -372,3 +381,187 @@ class VerificationLimits:
         if len(results_last_hour) >= self.max_per_hour:
             return "rate"
         return None
+
+
+# -- intake validation ---------------------------------------------------------------------------
+
+IGNORE: Final = "ignore"
+"""``validate_content``'s verdict for an event to drop without an answer."""
+
+MAX_ID_LENGTH = 255   # user IDs (spec: at most 255 bytes), device and transaction IDs, event IDs
+MAX_LIST = 32         # entries in a list of methods or algorithms
+MAX_MACS = 32         # key IDs in a MAC event
+MAX_REASON = 1024     # a cancel's human-readable reason
+# What one verification takes from the other side, with room to spare: request or ready,
+# start, accept or key, key, MAC, done, a cancel.
+EVENTS_PER_VERIFICATION = 10
+
+
+def _encodable(value: object, depth: int = 0) -> bool:
+    """Every string in ``value`` (keys too) is valid Unicode text (encodable as UTF-8)."""
+    if depth > 8:
+        return False  # deeper than any verification content: not one of ours
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_encodable(k, depth + 1) and _encodable(v, depth + 1)
+                   for k, v in value.items())
+    if isinstance(value, list):
+        return all(_encodable(item, depth + 1) for item in value)
+    return True
+
+
+def valid_id(value: object) -> bool:
+    """A non-empty string of sane length (an ID, a method name, a key, a MAC)."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
+
+
+def _strings(value: object) -> bool:
+    return (isinstance(value, list) and len(value) <= MAX_LIST
+            and all(valid_id(item) for item in value))
+
+
+def _fresh(timestamp: object, now_ms: int) -> bool:
+    """Within the spec's window: at most 10 minutes old, at most 5 minutes ahead."""
+    return (isinstance(timestamp, int) and not isinstance(timestamp, bool)
+            and now_ms - REQUEST_VALID_MS <= timestamp <= now_ms + FUTURE_SKEW_MS)
+
+
+def _ready_ok(content: dict[str, Any]) -> bool:
+    return valid_id(content.get("from_device")) and _strings(content.get("methods"))
+
+
+def _start_ok(content: dict[str, Any]) -> bool:
+    if not valid_id(content.get("from_device")) or not valid_id(content.get("method")):
+        return False
+    if content["method"] != SAS_V1:
+        return True  # a method we do not do is well-formed: the SAS answers m.unknown_method
+    return all(_strings(content.get(name)) for name in (
+        "key_agreement_protocols", "hashes", "message_authentication_codes",
+        "short_authentication_string"))
+
+
+def _accept_ok(content: dict[str, Any]) -> bool:
+    return (all(valid_id(content.get(name)) for name in (
+        "key_agreement_protocol", "hash", "message_authentication_code", "commitment"))
+        and _strings(content.get("short_authentication_string")))
+
+
+def _key_ok(content: dict[str, Any]) -> bool:
+    return valid_id(content.get("key"))
+
+
+def _mac_ok(content: dict[str, Any]) -> bool:
+    mac = content.get("mac")
+    return (isinstance(mac, dict) and 0 < len(mac) <= MAX_MACS
+            and all(valid_id(k) and valid_id(val) for k, val in mac.items())
+            and valid_id(content.get("keys")))
+
+
+def _cancel_ok(content: dict[str, Any]) -> bool:
+    reason = content.get("reason", "")
+    return valid_id(content.get("code")) and isinstance(reason, str) and len(reason) <= MAX_REASON
+
+
+_CHECKS: dict[str, Callable[[dict[str, Any]], bool]] = {
+    READY: _ready_ok, START: _start_ok, ACCEPT: _accept_ok, KEY: _key_ok, MAC: _mac_ok,
+    DONE: lambda content: True, CANCEL: _cancel_ok,
+}
+
+
+def validate_content(event_type: str, content: object, now_ms: int, *,
+                     in_room: bool = False, sent_ms: int | None = None) -> str | None:
+    """None if a verification event may be handled, else what to do with it.
+
+    ``IGNORE``: drop it without an answer: it cannot be tied to a transaction (no usable
+    ``transaction_id`` / ``m.relates_to``), it is a request (the spec ignores requests that are
+    malformed, more than 10 minutes old or more than 5 minutes ahead), a cancel (never answered
+    with a cancel) or a type the bot does not handle. Otherwise a spec cancel code
+    (``m.invalid_message``) for the transport to send if the transaction is one of ours.
+
+    Args:
+        in_room: the event came in a room: ``m.relates_to`` ties it to the request, and a request
+            is an ``m.room.message`` whose freshness is its ``sent_ms`` (``origin_server_ts``).
+    """
+    if not isinstance(content, dict):
+        return IGNORE
+    if not _encodable(content):
+        # A lone surrogate ("\ud800", which JSON.stringify produces) is not Unicode text:
+        # the SAS maths would fail on it later, after the transaction is already ours.
+        return IGNORE if event_type in (REQUEST, CANCEL) else INVALID_MESSAGE
+    if in_room and event_type != REQUEST:
+        relates = content.get("m.relates_to")
+        if (not isinstance(relates, dict) or relates.get("rel_type") != "m.reference"
+                or not valid_id(relates.get("event_id"))):
+            return IGNORE
+    elif not in_room and not valid_id(content.get("transaction_id")):
+        return IGNORE
+    if event_type == REQUEST:
+        timestamp = sent_ms if in_room else content.get("timestamp")
+        to_ok = valid_id(content.get("to")) if in_room else True
+        return None if to_ok and _ready_ok(content) and _fresh(timestamp, now_ms) else IGNORE
+    check = _CHECKS.get(event_type)
+    if check is None:
+        return IGNORE  # e.g. QR code events: the spec lets a client ignore what it does not do
+    if check(content):
+        return None
+    return IGNORE if event_type == CANCEL else INVALID_MESSAGE
+
+
+# -- per-sender intake limit ---------------------------------------------------------------------
+
+@dataclass
+class SenderLimiter:
+    """A token bucket per sender for incoming verification events, checked before any work.
+
+    Each sender may send ``burst`` events at once and ``per_minute`` more every minute. A real
+    verification takes about six events from the other side, and ``for_limits`` (the service's
+    default) sizes the burst for every verification a person may start in an hour, so people
+    never notice; a flood is dropped at the counter. Memory stays bounded: a sender whose
+    bucket has refilled is forgotten (a full bucket is what a new sender gets anyway), and
+    beyond ``max_senders`` tracked senders the longest idle one is forgotten.
+    """
+
+    burst: int = 20
+    per_minute: float = 30.0
+    max_senders: int = 10_000
+    # sender → (tokens, when they were counted); kept in order of last use, oldest first
+    _buckets: dict[str, tuple[float, int]] = field(default_factory=dict, init=False, repr=False)
+
+    @classmethod
+    def for_limits(cls, limits: VerificationLimits) -> SenderLimiter:
+        """Room for every verification ``limits`` lets one person start in an hour, at once."""
+        return cls(burst=max(cls.burst, EVENTS_PER_VERIFICATION * limits.max_per_hour))
+
+    @property
+    def refill_ms(self) -> float:
+        """How long an empty bucket takes to be full again."""
+        return self.burst * 60_000 / self.per_minute
+
+    def allow(self, sender: str, now_ms: int) -> bool:
+        """Count one event from ``sender``; False if it is over the limit (drop it)."""
+        self._forget_refilled(now_ms)
+        tokens, at_ms = self._buckets.pop(sender, (float(self.burst), now_ms))
+        tokens = min(float(self.burst),
+                     tokens + max(0, now_ms - at_ms) * self.per_minute / 60_000)
+        allowed = tokens >= 1
+        self._buckets[sender] = (tokens - 1 if allowed else tokens, now_ms)
+        if len(self._buckets) > self.max_senders:
+            del self._buckets[next(iter(self._buckets))]
+        return allowed
+
+    def _forget_refilled(self, now_ms: int) -> None:
+        refill = self.refill_ms
+        while self._buckets:
+            oldest = next(iter(self._buckets))
+            if now_ms - self._buckets[oldest][1] < refill:
+                return
+            del self._buckets[oldest]
+
+    def __len__(self) -> int:
+        """How many senders are tracked."""
+        return len(self._buckets)

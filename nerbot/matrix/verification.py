@@ -5,10 +5,26 @@ and its own to-device handler would answer verification events with its (non-int
 SAS. So nio's handler is switched off on our client and every verification event is routed
 here: callbacks only parse and hand off; the flow (``nerbot.domain.verification``) decides;
 this module sends, records, signs the verified user's master key and tells the conversation.
+
+Hostile input costs a counter, nothing more. Intake, in this order, before any task, key query,
+room or row: a per-sender limit (``SenderLimiter``), then ``validate_content`` (types, lengths,
+request freshness). What fails is dropped at DEBUG; a malformed later event of one of our own
+transactions, from its own partner, cancels it with ``m.invalid_message``. Events from anyone
+but a transaction's partner are ignored.
+
+A verification is recorded (and logged at INFO) only once it really started: when the bot sent
+ready to a request (or accept to a bare start) from an allowed user whose device the server
+knows, or sent its own request after the device check passed. A request that is refused,
+ignored or cancelled before that leaves no row.
+
+Messages to the person go to their DM. Only a verification they asked for with ``!verify``
+may open one; anything started by an incoming event (to-device or in-room) speaks into an
+existing DM or not at all, so nobody's event makes the bot create a room.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -32,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 Transport = Literal["to_device", "in_room"]
 EVENT_TYPES = {v.READY, v.START, v.ACCEPT, v.KEY, v.MAC, v.DONE, v.CANCEL}
+PREFIX = "m.key.verification."
 TICK_SECONDS = 5.0
 
 
@@ -53,6 +70,12 @@ class Active:
     room_id: RoomId | None = None
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)  # their device keys
     master_key: dict[str, Any] | None = None                           # their master key object
+    recorded: bool = False  # it really started: the store has its row
+
+    @property
+    def open_dm(self) -> bool:
+        """May messages about it open a DM? Only when the person asked with ``!verify``."""
+        return self.direction == "outgoing"
 
 
 class VerificationService:
@@ -69,6 +92,7 @@ class VerificationService:
         is_allowed: Callable[[str], bool],
         limits: v.VerificationLimits,
         send_room: Callable[[RoomId, str, dict[str, Any]], Any],
+        limiter: v.SenderLimiter | None = None,
     ) -> None:
         self.client = client
         self.http = http
@@ -79,6 +103,7 @@ class VerificationService:
         self.is_allowed = is_allowed
         self.limits = limits
         self.send_room = send_room
+        self.limiter = limiter if limiter is not None else v.SenderLimiter.for_limits(limits)
         self.ui: VerificationUI | None = None
         self.active: dict[str, Active] = {}
 
@@ -103,16 +128,23 @@ class VerificationService:
 
     async def _on_to_device(self, event: nio.ToDeviceEvent) -> None:
         source = getattr(event, "source", {}) or {}
-        event_type = source.get("type", "")
+        event_type = source.get("type")
+        if not isinstance(event_type, str) or not event_type.startswith(PREFIX):
+            return
+        sender = str(event.sender)
+        if not self._admit(sender, event_type):
+            return
         content = source.get("content")
-        if not event_type.startswith("m.key.verification.") or not isinstance(content, dict):
+        problem = v.validate_content(event_type, content, self.clock.now_ms())
+        if problem is not None:
+            txn = content.get("transaction_id") if isinstance(content, dict) else None
+            self._reject("to_device", txn, event_type, sender, problem, None)
             return
-        txn = content.get("transaction_id")
-        if not isinstance(txn, str) or not txn:
-            return
+        assert isinstance(content, dict)
+        txn = str(content["transaction_id"])
         self.runner.spawn_serial(
             f"verify:{txn}",
-            lambda: self._handle("to_device", txn, event_type, event.sender, content, None),
+            lambda: self._handle("to_device", txn, event_type, sender, content, None),
             name=f"verification {event_type}")
 
     async def _on_room_event(self, room: nio.MatrixRoom, event: nio.Event) -> None:
@@ -122,6 +154,7 @@ class VerificationService:
         content = source.get("content")
         if not isinstance(content, dict):
             return
+        txn: object
         if isinstance(event, nio.RoomMessageUnknown):
             if content.get("msgtype") != v.REQUEST or content.get("to") != self.user_id:
                 return
@@ -131,23 +164,68 @@ class VerificationService:
             relates = content.get("m.relates_to")
             if event_type not in EVENT_TYPES or not isinstance(relates, dict):
                 return
-            txn = str(relates.get("event_id", ""))
+            txn = relates.get("event_id")
+        sender = str(event.sender)
+        if not self._admit(sender, event_type):
+            return
+        room_id = RoomId(room.room_id)
+        problem = v.validate_content(event_type, content, self.clock.now_ms(), in_room=True,
+                                     sent_ms=getattr(event, "server_timestamp", None))
+        if problem is not None:
+            self._reject("in_room", txn, event_type, sender, problem, room_id)
+            return
+        assert isinstance(txn, str)
         self.runner.spawn_serial(
             f"verify:{txn}",
-            lambda: self._handle("in_room", txn, event_type, event.sender, content,
-                                 RoomId(room.room_id)),
+            lambda: self._handle("in_room", txn, event_type, sender, content, room_id),
             name=f"verification {event_type}")
+
+    def _admit(self, sender: str, event_type: str) -> bool:
+        """The per-sender limit, before anything else is done with the event."""
+        if self.limiter.allow(sender, self.clock.now_ms()):
+            return True
+        logger.debug("Dropping %s from %s: over the per-sender limit", event_type, sender)
+        return False
+
+    def _reject(self, transport: Transport, txn: object, event_type: str, sender: str,
+                problem: str, room_id: RoomId | None) -> None:
+        """An event that failed validation: cancel our transaction with its partner, or drop."""
+        active = self.active.get(txn) if isinstance(txn, str) else None
+        if problem == v.IGNORE or active is None or not self._belongs(active, transport,
+                                                                      sender, room_id):
+            logger.debug("Ignoring an invalid %s from %s (%s)", event_type, sender, problem)
+            return
+        assert isinstance(txn, str)
+
+        async def cancel() -> None:
+            current = self.active.get(txn)
+            if current is not None and self._belongs(current, transport, sender, room_id):
+                await self._execute(current, current.flow.fail(problem))
+
+        logger.debug("Invalid %s from %s in %s: cancelling with %s", event_type, sender, txn,
+                     problem)
+        self.runner.spawn_serial(f"verify:{txn}", cancel, name=f"verification {event_type}")
+
+    @staticmethod
+    def _belongs(active: Active, transport: Transport, sender: str,
+                 room_id: RoomId | None) -> bool:
+        """The event is from this transaction's partner, over its transport (and room)."""
+        return (sender == active.flow.their_user and transport == active.transport
+                and (room_id is None or room_id == active.room_id))
 
     # -- handling ----------------------------------------------------------------------------
 
     async def _handle(self, transport: Transport, txn: str, event_type: str, sender: str,
                       content: dict[str, Any], room_id: RoomId | None) -> None:
+        """One validated event (``content`` passed ``validate_content``)."""
         now = self.clock.now_ms()
         active = self.active.get(txn)
         logger.debug("Verification event %s for %s from %s (%s)", event_type, txn, sender,
                      "known" if active else "new")
         if active is None:
-            if event_type not in (v.REQUEST, v.START):
+            # A bare start (no request first) is a to-device thing of older clients; in a
+            # room, a start for a request that is not ours belongs to other people's flow.
+            if event_type != v.REQUEST and (event_type != v.START or transport == "in_room"):
                 if transport == "to_device" and event_type != v.CANCEL:
                     await self._send_to_device(sender, content.get("from_device") or "*", txn,
                                                v.CANCEL, {"code": v.UNKNOWN_TRANSACTION,
@@ -155,31 +233,77 @@ class VerificationService:
                 return
             refusal = self._refusal(sender)
             if refusal is not None:
-                logger.info("Refusing verification from %s: %s", sender, refusal)
-                if transport == "to_device":
-                    await self._send_to_device(sender, content.get("from_device") or "*", txn,
-                                               v.CANCEL, {"code": v.USER,
-                                                          "reason": "Refused by the bot."})
-                if self.ui is not None and refusal != "not_allowed":
-                    await self.ui.refused(UserId(sender), refusal)
+                await self._refuse(transport, txn, sender, content, refusal)
                 return
             active = self._new(transport, txn, UserId(sender), None, "incoming", room_id, now)
-            await self._load_keys(active)
-            if event_type == v.REQUEST:
-                await self._execute(active, active.flow.receive_request(content, now))
-                return
-        elif transport != active.transport or (room_id and room_id != active.room_id):
+            try:
+                if event_type == v.REQUEST:
+                    await self._answer_request(active, content, now)
+                else:  # a bare start (no request first), which older clients send
+                    await self._receive(active, event_type, sender, content, now)
+            finally:
+                if not active.recorded:
+                    self.active.pop(txn, None)  # it never started: nothing to remember
             return
+        if not self._belongs(active, transport, sender, room_id):
+            logger.debug("Ignoring %s for %s from %s: not this verification's partner",
+                         event_type, txn, sender)
+            return
+        await self._receive(active, event_type, sender, content, now)
+
+    async def _receive(self, active: Active, event_type: str, sender: str,
+                       content: dict[str, Any], now: int) -> None:
         if event_type in (v.READY, v.START):
-            await self._load_keys(active)
+            queried = await self._load_keys(active)
             device = content.get("from_device")
-            if isinstance(device, str) and device not in active.devices:
-                await self._load_keys(active, force=True)  # nio would drop this silently
+            if not queried and isinstance(device, str) and device not in active.devices:
+                await self._load_keys(active, force=True)  # a device added since we looked
         try:
             actions = active.flow.receive(event_type, sender, content, now)
         except VerificationRefused:  # their device has no valid keys on the server
             actions = active.flow.fail(v.KEY_MISMATCH)
         await self._execute(active, actions)
+
+    async def _answer_request(self, active: Active, content: dict[str, Any], now: int) -> None:
+        """Ready, if SAS is offered and the requesting device is one the server knows."""
+        if v.SAS_V1 in content["methods"]:  # else the flow answers m.unknown_method
+            await self._load_keys(active)
+            if content["from_device"] not in active.devices:
+                logger.debug("Ignoring a verification request from %s: no device %r with valid "
+                             "keys", active.flow.their_user, content["from_device"])
+                return
+        await self._execute(active, active.flow.receive_request(content, now))
+
+    async def _refuse(self, transport: Transport, txn: str, sender: str,
+                      content: dict[str, Any], refusal: str) -> None:
+        if refusal == "not_allowed":
+            logger.debug("Refusing verification from %s: not allowed", sender)
+        else:
+            logger.info("Refusing verification from %s: %s", sender, refusal)
+        if transport == "to_device":
+            await self._send_to_device(sender, content.get("from_device") or "*", txn,
+                                       v.CANCEL, {"code": v.USER, "reason": "Refused by the bot."})
+        ui = self._ui_for(sender, open_dm=False) if refusal != "not_allowed" else None
+        if ui is not None:
+            await ui.refused(UserId(sender), refusal)
+
+    def _ui_for(self, user_id: str, open_dm: bool) -> VerificationUI | None:
+        """The conversation, if the bot may talk to this person about it now.
+
+        It may open a DM only when ``open_dm`` (they asked with ``!verify``); otherwise only a
+        usable existing DM will do (as ``MatrixTransport.dm_is_usable`` judges it, so its
+        ``ensure_dm`` reuses that room and never creates one).
+        """
+        if self.ui is None:
+            return None
+        if open_dm:
+            return self.ui
+        room_id = self.store.get_dm_room(UserId(user_id))
+        room = self.client.rooms.get(room_id) if room_id is not None else None
+        if room is not None and (user_id in room.users or user_id in room.invited_users):
+            return self.ui
+        logger.debug("No DM with %s: the verification goes on without messages", user_id)
+        return None
 
     def _refusal(self, user_id: str) -> str | None:
         if not self.is_allowed(user_id):
@@ -190,6 +314,7 @@ class VerificationService:
     def _new(self, transport: Transport, txn: str, user_id: UserId, device_id: str | None,
              direction: Literal["incoming", "outgoing"], room_id: RoomId | None, now: int
              ) -> Active:
+        """The flow, in memory only: ``_record_start`` writes it down once it really starts."""
         holder: dict[str, Active] = {}
 
         def sas_factory(their_device: str) -> SasExchange:
@@ -215,50 +340,94 @@ class VerificationService:
                                   direction == "outgoing", sas_factory, now, start_fields)
         active = holder["active"] = Active(flow, transport, direction, room_id)
         self.active[txn] = active
-        self.store.verification_started(txn, user_id, device_id, direction, transport, now)
-        logger.info("Verification %s with %s (%s, %s)", txn, user_id, transport, direction)
         return active
 
-    async def _load_keys(self, active: Active, force: bool = False) -> None:
-        """Their devices (self-signature checked) and master key, straight from the server."""
+    def _record_start(self, active: Active) -> bool:
+        """It really started: one row, one INFO line. False if the transaction ID is taken."""
+        flow = active.flow
+        if not self.store.verification_started(flow.txn, UserId(flow.their_user),
+                                               flow.their_device, active.direction,
+                                               active.transport, self.clock.now_ms(),
+                                               room_id=active.room_id):
+            return False
+        active.recorded = True
+        logger.info("Verification %s with %s (%s, %s)", flow.txn, flow.their_user,
+                    active.transport, active.direction)
+        return True
+
+    async def _load_keys(self, active: Active, force: bool = False) -> bool:
+        """Their devices and master key, once per verification (again with ``force``).
+
+        True if the server was asked just now.
+        """
         if active.devices and not force:
-            return
-        user = active.flow.their_user
+            return False
+        active.devices, active.master_key = await self._query_keys(active.flow.their_user)
+        return True
+
+    async def _query_keys(self, user: str) -> tuple[dict[str, dict[str, Any]],
+                                                    dict[str, Any] | None]:
+        """Their devices (self-signature checked) and master key, straight from the server."""
         _, response = await self.http.request(
             "POST", "/_matrix/client/v3/keys/query", {"device_keys": {user: []}})
         devices = response.get("device_keys", {}).get(user, {})
+        valid: dict[str, dict[str, Any]] = {}
         for device_id in devices if isinstance(devices, dict) else []:
             keys = device_keys_of(response, user, device_id)
             ed = keys.get("keys", {}).get(f"ed25519:{device_id}") if keys else None
             if keys is not None and isinstance(ed, str) and verify_signed_json(
                     keys, user, f"ed25519:{device_id}", ed):
-                active.devices[device_id] = dict(keys)
+                valid[device_id] = dict(keys)
         master = response.get("master_keys", {}).get(user)
-        active.master_key = master if isinstance(master, dict) else None
+        return valid, master if isinstance(master, dict) else None
 
     # -- doing --------------------------------------------------------------------------------
 
     async def _execute(self, active: Active, actions: list[v.Action]) -> None:
         flow = active.flow
         user = UserId(flow.their_user)
+        verified = next((a for a in actions if isinstance(a, v.Verified)), None)
+        if verified is not None and active.recorded:
+            # Their MAC was valid. Before our MAC goes out, write down what a restart needs to
+            # finish this on both sides should the bot die before it is recorded and signed.
+            sends = [[a.event_type, a.content] for a in actions if isinstance(a, v.Send)]
+            master_id = verified.master_key
+            self.store.verification_resume_point(flow.txn, verified.device_id, json.dumps(
+                {"sends": sends, "master_key_id": master_id,
+                 "master_key": active.master_key if master_id else None}))
         for action in actions:
             if isinstance(action, v.Send):
+                if action.event_type != v.CANCEL and not active.recorded \
+                        and not self._record_start(active):
+                    logger.debug("Ignoring verification %s from %s: a transaction ID used "
+                                 "before", flow.txn, user)
+                    self.active.pop(flow.txn, None)
+                    return
                 await self._send(active, action.event_type, dict(action.content))
-            elif isinstance(action, v.ShowSas) and self.ui is not None:
-                await self.ui.show_sas(user, action.emoji, action.decimals)
+            elif isinstance(action, v.ShowSas):
+                ui = self._ui_for(user, active.open_dm)
+                if ui is not None:
+                    await ui.show_sas(user, action.emoji, action.decimals)
             elif isinstance(action, v.Verified):
-                signed = await self._trust(active, action)
+                signed = await self._trust(flow.their_user, action.device_id,
+                                           action.master_key, active.master_key)
                 self.store.verification_ended(flow.txn, "verified", self.clock.now_ms(),
                                               device_id=action.device_id,
                                               master_key_signed=signed)
-                if self.ui is not None:
-                    await self.ui.verified(user, action.device_id, signed)
+                ui = self._ui_for(user, active.open_dm)
+                if ui is not None:
+                    await ui.verified(user, action.device_id, signed)
             elif isinstance(action, v.Cancelled):
+                if not active.recorded:  # it never started: nothing to record or tell
+                    logger.debug("Verification request %s from %s not taken up: %s",
+                                 flow.txn, user, action.code)
+                    continue
                 result = "timeout" if action.code == v.TIMEOUT else "cancelled"
                 self.store.verification_ended(flow.txn, result, self.clock.now_ms(),
                                               cancel_code=action.code)
-                if self.ui is not None:
-                    await self.ui.cancelled(user, action.code, action.by_us)
+                ui = self._ui_for(user, active.open_dm)
+                if ui is not None:
+                    await ui.cancelled(user, action.code, action.by_us)
         if flow.finished:
             self.active.pop(flow.txn, None)
 
@@ -280,19 +449,19 @@ class VerificationService:
         if isinstance(response, nio.ToDeviceError):
             logger.warning("Sending %s to %s failed: %s", event_type, user_id, response.message)
 
-    async def _trust(self, active: Active, verified: v.Verified) -> bool:
+    async def _trust(self, user: str, device_id: str, master_key_id: str | None,
+                     master_key: dict[str, Any] | None) -> bool:
         """Sign the verified master key with our user-signing key; trust the device in nio."""
-        user = active.flow.their_user
         for olm_device in self.client.device_store.active_user_devices(user):
-            if olm_device.id == verified.device_id and not olm_device.verified:
+            if olm_device.id == device_id and not olm_device.verified:
                 self.client.verify_device(olm_device)
         keys = self.cross_signing()
-        if verified.master_key is None or keys is None or active.master_key is None:
+        if master_key_id is None or keys is None or master_key is None:
             return False
-        signed = keys.sign_master_key(active.master_key, self.user_id)
+        signed = keys.sign_master_key(master_key, self.user_id)
         _, response = await self.http.request(
             "POST", "/_matrix/client/v3/keys/signatures/upload",
-            {user: {verified.master_key: signed}})
+            {user: {master_key_id: signed}})
         failures = response.get("failures") or {}
         if failures:
             logger.warning("Signing %s's master key was rejected: %s", user, failures)
@@ -311,20 +480,29 @@ class VerificationService:
                    "from_device": self.device_id, "methods": [v.SAS_V1]}
         event_id = str(await self.send_room(room_id, "m.room.message", content))
         active = self._new("in_room", event_id, user_id, None, "outgoing", room_id, now)
+        self._record_start(active)
         await self._load_keys(active)
         return event_id
 
     async def request_to_device(self, user_id: UserId, device_id: str) -> str:
-        """``!verify DEVICE``: a to-device request to one of the person's sessions."""
+        """``!verify DEVICE``: a to-device request to one of the person's sessions.
+
+        The device is looked up first: for a session the server does not know, nothing starts
+        (no request, no row) and ``VerificationRefused("unknown_device")`` says why.
+        """
         self._check_can_start(user_id)
+        if not v.valid_id(device_id):
+            raise VerificationRefused("unknown_device")
+        devices, master_key = await self._query_keys(user_id)
+        if device_id not in devices:
+            logger.debug("!verify by %s: no device %r with valid keys", user_id, device_id)
+            raise VerificationRefused("unknown_device")
+        self._check_can_start(user_id)  # again: another one may have started meanwhile
         now = self.clock.now_ms()
         txn = uuid.uuid4().hex
         active = self._new("to_device", txn, user_id, device_id, "outgoing", None, now)
-        await self._load_keys(active)
-        if device_id not in active.devices:
-            self.active.pop(txn, None)
-            self.store.verification_ended(txn, "cancelled", now, cancel_code="unknown_device")
-            raise VerificationRefused("unknown_device")
+        active.devices, active.master_key = devices, master_key
+        self._record_start(active)
         await self._send_to_device(user_id, device_id, txn, v.REQUEST,
                                    active.flow.request_content(now))
         return txn
@@ -343,6 +521,59 @@ class VerificationService:
                 await self._execute(active, active.flow.user_cancel())
                 cancelled = True
         return cancelled
+
+    # -- after a restart ------------------------------------------------------------------------
+
+    async def end_interrupted(self) -> None:
+        """End, on both sides, what a crash or a stop left half done (flows live in memory).
+
+        A verification whose partner's MAC was already valid is finished: our MAC and done are
+        sent again (a client that has them ignores the repeat) and the person is trusted and
+        recorded as verified. Any other is cancelled over its transport, so the person's client
+        does not wait ten minutes (and refuse every new request from the bot meanwhile).
+        """
+        for row in self.store.interrupted_verifications():
+            user = UserId(str(row["user_id"]))
+            try:
+                if row["resume"]:
+                    resume = json.loads(str(row["resume"]))
+                    for event_type, content in resume["sends"]:
+                        await self._send_row(row, event_type, content)
+                    signed = await self._trust(user, str(row["device_id"]),
+                                               resume.get("master_key_id"),
+                                               resume.get("master_key"))
+                    self.store.verification_ended(str(row["txn"]), "verified",
+                                                  self.clock.now_ms(),
+                                                  master_key_signed=signed)
+                    logger.info("Finished verification %s with %s after a restart",
+                                row["txn"], user)
+                    ui = self._ui_for(user, open_dm=False)
+                    if ui is not None:
+                        await ui.verified(user, str(row["device_id"]), signed)
+                    continue
+                await self._send_row(row, v.CANCEL, {"code": v.USER,
+                                                     "reason": "The bot restarted."})
+                self.store.verification_ended(str(row["txn"]), "cancelled",
+                                              self.clock.now_ms(), cancel_code=v.USER)
+                logger.info("Cancelled verification %s with %s, interrupted by a restart",
+                            row["txn"], user)
+                ui = self._ui_for(user, open_dm=False)
+                if ui is not None:
+                    await ui.cancelled(user, v.USER, True)
+            except Exception:  # one interrupted verification must not stop the others
+                logger.exception("Could not end the interrupted verification %s", row["txn"])
+
+    async def _send_row(self, row: dict[str, Any], event_type: str,
+                        content: dict[str, Any]) -> None:
+        content = dict(content)
+        if row["transport"] == "in_room":
+            if not row["room_id"]:
+                return  # recorded before rooms were: nothing to address it to
+            content["m.relates_to"] = {"rel_type": "m.reference", "event_id": row["txn"]}
+            await self.send_room(RoomId(str(row["room_id"])), event_type, content)
+        else:
+            await self._send_to_device(str(row["user_id"]), str(row["device_id"]) or "*",
+                                       str(row["txn"]), event_type, content)
 
     async def tick(self) -> None:
         now = self.clock.now_ms()

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from sqlite_utils import Database
 from sqlite_utils.db import NotFoundError, Table
 
+from nerbot.datadir import create_private_file, keep_private
 from nerbot.domain.guide import GuideProgress
 from nerbot.domain.reminders import ReminderHistory
 from nerbot.ids import RoomId, UserId
@@ -19,8 +20,13 @@ from nerbot.store.migrations import MIGRATION_SET, build_migrations
 
 logger = logging.getLogger(__name__)
 
-# Handled-event records older than this are pruned; a sync replay never reaches that far back.
-HANDLED_EVENTS_KEEP_MS = 7 * 24 * 3600 * 1000
+DAY_MS = 24 * 3600 * 1000
+# How long the ID of an answered event is kept: as long as a replay could bring the event back
+# (``Store.claim_event`` says why a week is plenty). Not ``storage.keep_days``: these IDs are
+# no record of anything, only a guard against answering twice.
+HANDLED_EVENTS_KEEP_MS = 7 * DAY_MS
+# The outbox statuses that are final; a row in any other ("pending") is never pruned.
+FINAL_STATUSES = ("sent", "failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +44,16 @@ class OutboxMessage:
     created_ms: int
     sent_ms: int | None = None
     event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What one retention run deleted, per kind of record."""
+
+    verifications: int = 0
+    alerts: int = 0
+    messages: int = 0  # delivered or given up; never a pending one
+    answered_events: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +75,10 @@ class Store:
     def __init__(self, path: Path | str) -> None:
         self.path = None if path == ":memory:" else Path(path)
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # 0600 before SQLite opens it: SQLite creates the -wal and -shm files (lazily, at
+            # any time) with the database file's mode, whatever the umask.
+            create_private_file(self.path)
             self.db = Database(self.path)
             self.db.execute("PRAGMA journal_mode=WAL")
             # Commits survive a crash or SIGKILL without an fsync each (only a power cut can
@@ -74,6 +93,9 @@ class Store:
         migrations.apply(self.db)
         if pending:
             logger.info("Database migrated: applied %s", ", ".join(pending))
+        if self.path is not None:  # left by a crash, from before the bot made them private
+            keep_private(self.path, *(self.path.with_name(self.path.name + suffix)
+                                      for suffix in ("-wal", "-shm", "-journal")))
 
     def close(self) -> None:
         self.db.close()
@@ -363,7 +385,16 @@ class Store:
     # -- idempotent event handling ----------------------------------------------------------
 
     def claim_event(self, event_id: str, now_ms: int) -> bool:
-        """Mark an event handled; False if it already was (a replay must not answer twice)."""
+        """Mark an event handled; False if it already was (a replay must not answer twice).
+
+        IDs older than ``HANDLED_EVENTS_KEEP_MS`` go, here (indexed, so cheap) and in the daily
+        ``prune``. That is as long as a replay could bring an event back: nio stores its sync
+        position before it hands a sync's events to the bot, so a restart resumes after them
+        (a power cut may lose its last commits: a replay of seconds); within a run, the
+        undecryptable-message hold re-delivers for at most an hour; and a start without a
+        stored sync position, whose first sync brings each room's latest events however old,
+        ignores everything from before that start (``NerbotApp.start``).
+        """
         with self.db.atomic():
             cursor = self.db.execute(
                 "INSERT OR IGNORE INTO handled_events (event_id, handled_ms) VALUES (?, ?)",
@@ -371,22 +402,62 @@ class Store:
             )
             claimed = cursor.rowcount == 1
             if claimed:
-                self.db.execute(
-                    "DELETE FROM handled_events WHERE handled_ms < ?",
-                    [now_ms - HANDLED_EVENTS_KEEP_MS],
-                )
+                self._forget_answered(now_ms)
         return claimed
+
+    def _forget_answered(self, now_ms: int) -> int:
+        cursor = self.db.execute("DELETE FROM handled_events WHERE handled_ms < ?",
+                                 [now_ms - HANDLED_EVENTS_KEEP_MS])
+        return int(cursor.rowcount)
+
+    # -- retention --------------------------------------------------------------------------
+
+    def prune(self, now_ms: int, keep_days: int) -> Pruned:
+        """Delete records older than ``keep_days`` (and answered-event IDs older than a week).
+
+        Records: verifications (by start; one lasts minutes), alerts, and outbox rows that are
+        delivered or given up (by when they were queued). Never pruned, whatever their age:
+        pending outbox rows (delivery still owes them), and the state decisions are made with:
+        ``reminder_state`` (choices, back-off, the last reminder's findings), ``known_devices``
+        and ``known_identities`` (what alerts compare against), users, DM rooms, walkthrough
+        progress. A deleted outbox key cannot be queued again by a replayed decision: the
+        decision's outcome (reminder serial, sessions seen) is stored with the row and kept.
+        """
+        cutoff = now_ms - keep_days * DAY_MS
+        placeholders = ", ".join("?" for _ in FINAL_STATUSES)
+        with self.db.atomic():
+            pruned = Pruned(
+                verifications=self.db.execute(
+                    "DELETE FROM verifications WHERE started_ms < ?", [cutoff]).rowcount,
+                alerts=self.db.execute("DELETE FROM alerts WHERE at_ms < ?", [cutoff]).rowcount,
+                messages=self.db.execute(
+                    f"DELETE FROM outbox WHERE status IN ({placeholders}) AND created_ms < ?",
+                    [*FINAL_STATUSES, cutoff]).rowcount,
+                answered_events=self._forget_answered(now_ms),
+            )
+        logger.info("Retention (%d days): removed %d verification(s), %d alert(s), "
+                    "%d sent or failed message(s), %d answered-event ID(s)", keep_days,
+                    pruned.verifications, pruned.alerts, pruned.messages,
+                    pruned.answered_events)
+        return pruned
 
     # -- verifications ----------------------------------------------------------------------
 
     def verification_started(self, txn: str, user_id: UserId, device_id: str | None,
-                             direction: str, transport: str, now_ms: int) -> None:
+                             direction: str, transport: str, now_ms: int,
+                             room_id: str | None = None) -> bool:
+        """Record a verification that really started; False if ``txn`` is recorded already.
+
+        An existing record is never replaced: a reused transaction ID must not erase a
+        verification's history, nor reset the per-user limits that count these rows.
+        """
         with self.db.atomic():
-            self.db.execute(
-                "INSERT OR REPLACE INTO verifications (txn, user_id, device_id, direction, "
-                "transport, started_ms, ended_ms, result, cancel_code, master_key_signed) "
-                "VALUES (?, ?, ?, ?, ?, ?, NULL, 'pending', NULL, 0)",
-                [txn, user_id, device_id or "", direction, transport, now_ms])
+            cursor = self.db.execute(
+                "INSERT OR IGNORE INTO verifications (txn, user_id, device_id, direction, "
+                "transport, started_ms, ended_ms, result, cancel_code, master_key_signed, "
+                "room_id, resume) VALUES (?, ?, ?, ?, ?, ?, NULL, 'pending', NULL, 0, ?, NULL)",
+                [txn, user_id, device_id or "", direction, transport, now_ms, room_id])
+            return cursor.rowcount == 1
 
     def verification_ended(self, txn: str, result: str, now_ms: int,
                            cancel_code: str | None = None, device_id: str | None = None,
@@ -394,9 +465,23 @@ class Store:
         with self.db.atomic():
             self.db.execute(
                 "UPDATE verifications SET ended_ms = ?, result = ?, cancel_code = ?, "
-                "master_key_signed = ?, device_id = COALESCE(NULLIF(?, ''), device_id) "
-                "WHERE txn = ?",
+                "master_key_signed = ?, device_id = COALESCE(NULLIF(?, ''), device_id), "
+                "resume = NULL WHERE txn = ?",
                 [now_ms, result, cancel_code, int(master_key_signed), device_id or "", txn])
+
+    def verification_resume_point(self, txn: str, device_id: str, resume: str) -> None:
+        """Their MAC was valid: what to send and to trust if we crash before it is done."""
+        with self.db.atomic():
+            self.db.execute("UPDATE verifications SET resume = ?, device_id = ? "
+                            "WHERE txn = ? AND result = 'pending'", [resume, device_id, txn])
+
+    def interrupted_verifications(self) -> list[dict[str, Any]]:
+        """Verifications still pending: at start, the ones a crash or stop interrupted."""
+        rows = self.db.execute(
+            "SELECT txn, user_id, device_id, transport, room_id, resume FROM verifications "
+            "WHERE result = 'pending' ORDER BY started_ms").fetchall()
+        keys = ("txn", "user_id", "device_id", "transport", "room_id", "resume")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def verifications(self, user_id: UserId | None = None) -> list[dict[str, object]]:
         where, args = ("user_id = ?", [user_id]) if user_id else (None, None)

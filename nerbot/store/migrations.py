@@ -85,4 +85,20 @@ def build_migrations() -> Migrations:
         )
         db.table("alerts").create_index(["user_id", "at_ms"])
 
+    @migrations(name="0005_retention_indexes")
+    def retention_indexes(db: Database) -> None:
+        # The daily prune deletes by age alone; the per-user indexes above cannot serve that.
+        # (The outbox's prune uses ``status, created_ms``; claim_event's pruning of answered
+        # events was a full scan on every message until now.)
+        db.table("verifications").create_index(["started_ms"])
+        db.table("alerts").create_index(["at_ms"])
+        db.table("handled_events").create_index(["handled_ms"])
+
+    @migrations(name="0006_verification_resume")
+    def verification_resume(db: Database) -> None:
+        # What a restart needs to end a verification the crash interrupted: the room of an
+        # in-room one, and (once their MAC was valid) our MAC and done and what to trust.
+        db.table("verifications").add_column("room_id", str)
+        db.table("verifications").add_column("resume", str)
+
     return migrations

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from botdm import adopt_peer, open_dm
 from test_bot import wait_until
-from test_verify import Clock, element_in_dm, finish_and_check, jspeer_ready  # noqa: F401
+from test_verify import Clock, element_in_dm, finish_and_check, js_sdk  # noqa: F401
 
 from nerbot.app import NerbotApp
 from nerbot.ids import UserId
@@ -206,12 +206,12 @@ async def test_remote_person_new_session_alert(
 
 
 async def test_remote_person_verifies_with_the_bot_over_federation(
-    jspeer_ready: None, start_bot: Any, make_remote_user: Any,  # noqa: F811
+    js_sdk: str, start_bot: Any, make_remote_user: Any,  # noqa: F811
     remote_synapse: LocalSynapse,
 ) -> None:
     clock = Clock()
     bot = await start_bot(clock=clock, allowed_servers=both_servers(remote_synapse))
-    async with element_in_dm(bot, make_remote_user("element"), clock) as setup:
+    async with element_in_dm(bot, make_remote_user("element"), clock, js_sdk) as setup:
         await setup.peer.call("request_dm", user_id=setup.bot_id, room_id=setup.room_id,
                               start_sas=True)
         await finish_and_check(setup)

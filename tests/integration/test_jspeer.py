@@ -4,12 +4,16 @@ Two peers, each a user with a cross-signing identity, share an encrypted DM and 
 verification both to-device and in-room, plus cancellations. This proves the peer the bot's
 own SAS will be tested against, and its wall times are the benchmark's floor: what the same
 verification costs when both sides are Element's crypto.
+
+Every test runs once per SDK pair (``js-sdk-36``: the older clients; ``js-sdk-43``: what
+Element Web ships today), both peers of a pair on the same SDK.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import time
@@ -21,7 +25,7 @@ from typing import Any
 import pytest
 
 from nerbot.localdev.jspeer import (
-    PEER_DIR,
+    SDK_PAIRS,
     JsPeer,
     JsPeerError,
     ensure_installed,
@@ -34,11 +38,14 @@ logger = logging.getLogger(__name__)
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="session")
-def jspeer_installed() -> None:
+@pytest.fixture(scope="session", params=list(SDK_PAIRS))
+def js_sdk(request: pytest.FixtureRequest) -> str:
+    """The SDK pair's name (the test ID), its dependencies installed from its lock file."""
     assert node_available(), "node and npm are required (.ci/run installs them)"
-    seconds = ensure_installed(PEER_DIR)
-    logger.warning("js peer dependencies ready in %.2f s", seconds)
+    name = str(request.param)
+    seconds = ensure_installed(name)
+    logger.warning("js peer dependencies (%s) ready in %.2f s", name, seconds)
+    return name
 
 
 @dataclass
@@ -58,14 +65,15 @@ class Pair:
     a: Side
     b: Side
     room_id: str
+    sdk: str
 
 
-async def open_side(synapse: LocalSynapse, prefix: str, peers: list[JsPeer]) -> Side:
+async def open_side(synapse: LocalSynapse, prefix: str, peers: list[JsPeer], sdk: str) -> Side:
     """A new user logged in on a new peer process, with a cross-signing identity."""
     localpart = f"{prefix}-{uuid.uuid4().hex[:10]}"
     password = secrets.token_urlsafe(12)
     user_id = synapse.register_user(localpart, password)
-    peer = await JsPeer.start(name=f"jspeer-{prefix}")
+    peer = await JsPeer.start(sdk, name=f"jspeer-{prefix}")
     peers.append(peer)
     await peer.login(synapse.url, user_id, password, device_name=f"js {prefix}")
     reply = await peer.call("bootstrap_cross_signing", password=password)
@@ -74,40 +82,64 @@ async def open_side(synapse: LocalSynapse, prefix: str, peers: list[JsPeer]) -> 
 
 
 @contextlib.asynccontextmanager
-async def open_pair(synapse: LocalSynapse) -> AsyncIterator[Pair]:
-    """Two cross-signed peers in a shared encrypted DM, each knowing the other's device."""
+async def open_pair(synapse: LocalSynapse, sdk: str) -> AsyncIterator[Pair]:
+    """Two cross-signed peers on ``sdk`` in a shared encrypted DM, each knowing the other's
+    device."""
     peers: list[JsPeer] = []
     try:
         started = time.monotonic()
-        a, b = await asyncio.gather(open_side(synapse, "jsa", peers),
-                                    open_side(synapse, "jsb", peers))
+        a, b = await asyncio.gather(open_side(synapse, "jsa", peers, sdk),
+                                    open_side(synapse, "jsb", peers, sdk))
         room_id = (await a.peer.call("create_dm", user_id=b.user_id))["room_id"]
         await b.peer.call("join", room_id=room_id)
         await a.peer.call("wait_member", room_id=room_id, user_id=b.user_id)
         # Rust drops a to-device request from a device it does not know yet: both know both.
         await asyncio.gather(a.peer.call("track", user_id=b.user_id, device_id=b.device_id),
                              b.peer.call("track", user_id=a.user_id, device_id=a.device_id))
-        logger.warning("js peer pair ready in %.2f s", time.monotonic() - started)
-        yield Pair(a, b, room_id)
+        logger.warning("js peer pair (%s) ready in %.2f s", sdk, time.monotonic() - started)
+        yield Pair(a, b, room_id, sdk)
     finally:
         await asyncio.gather(*(peer.close() for peer in peers))
 
 
-# Two pairs per module, not one per test: starting a pair costs ~4 s, a verification ~2 s.
-# `pair` verifies successfully again and again (a repeat verification is a full one);
+# Two pairs per module and SDK, not one per test: starting a pair costs ~4 s, a verification
+# ~2 s. `pair` verifies successfully again and again (a repeat verification is a full one);
 # `unverified_pair` never completes one, so its trust must stay false.
 
 
 @pytest.fixture(scope="module")
-async def pair(jspeer_installed: None, synapse: LocalSynapse) -> AsyncIterator[Pair]:
-    async with open_pair(synapse) as opened:
+async def pair(js_sdk: str, synapse: LocalSynapse) -> AsyncIterator[Pair]:
+    async with open_pair(synapse, js_sdk) as opened:
         yield opened
 
 
 @pytest.fixture(scope="module")
-async def unverified_pair(jspeer_installed: None, synapse: LocalSynapse) -> AsyncIterator[Pair]:
-    async with open_pair(synapse) as opened:
+async def unverified_pair(js_sdk: str, synapse: LocalSynapse) -> AsyncIterator[Pair]:
+    async with open_pair(synapse, js_sdk) as opened:
         yield opened
+
+
+def pinned(sdk: str) -> dict[str, str]:
+    """The exact versions the pair's package.json pins."""
+    manifest = json.loads((SDK_PAIRS[sdk].directory / "package.json").read_text())
+    deps = {**manifest["dependencies"], **manifest.get("optionalDependencies", {})}
+    return {"js_sdk": deps["matrix-js-sdk"],
+            "crypto_wasm": deps["@matrix-org/matrix-sdk-crypto-wasm"]}
+
+
+async def test_peer_runs_the_pinned_pair_on_a_node_it_supports(js_sdk: str) -> None:
+    """The peer really loads the pair it was started with, on a Node the SDK supports."""
+    peer = await JsPeer.start(js_sdk, name=f"jspeer-{js_sdk}")
+    try:
+        assert peer.sdk == js_sdk
+        want = pinned(js_sdk)
+        assert {k: peer.versions[k] for k in want} == want
+        node_major = int(str(peer.versions["node"]).lstrip("v").split(".")[0])
+        assert node_major >= SDK_PAIRS[js_sdk].min_node
+        logger.warning("%s: matrix-js-sdk %s, crypto-wasm %s on Node %s", js_sdk,
+                       want["js_sdk"], want["crypto_wasm"], peer.versions["node"])
+    finally:
+        await peer.close(logout=False)
 
 
 async def run_sas(pair: Pair, request: Callable[[], Awaitable[dict[str, Any]]],
@@ -147,9 +179,9 @@ async def run_sas(pair: Pair, request: Callable[[], Awaitable[dict[str, Any]]],
     assert status_a["cross_signing_verified"] is True
     assert status_b["cross_signing_verified"] is True
     logger.warning(
-        "js<->js %s SAS floor: request->emoji %.2f s, ->both done %.2f s, "
+        "js<->js (%s) %s SAS floor: request->emoji %.2f s, ->both done %.2f s, "
         "->trust stored on both %.2f s; emoji %s",
-        label, shown - started, done - started, trusted - started,
+        pair.sdk, label, shown - started, done - started, trusted - started,
         " ".join(name for _symbol, name in sas_a["emoji"]))
 
 
@@ -205,6 +237,9 @@ async def test_stalled_peer_never_answers(unverified_pair: Pair) -> None:
         await a.peer.next_event("phase", phase="requested", txn=txn, timeout=5)
         with pytest.raises(JsPeerError, match="no incoming verification request"):
             await b.peer.call("next_request", timeout=2)
+        # Dropped before the crypto saw it (the sync hook the SDK has was wrapped), not merely
+        # left unanswered.
+        assert "stalled: dropped 1 to-device verification event" in b.peer.stderr_tail
         assert not [e for e in a.peer.events if e.get("txn") == txn and e.get("phase") == "ready"]
         await a.peer.call("cancel")
         cancelled = await a.peer.next_event("cancelled", timeout=5, txn=txn)

@@ -111,7 +111,7 @@ async def test_admin_gets_clear_answer_for_unknown_user_and_bad_argument(
     room_id = await open_dm(peer, bot)
     server = bot.config.matrix.user_id.split(":", 1)[1]
     answer = await status(peer, bot, room_id, f"@nobody-here:{server}")
-    assert answer == f"在这个服务器上找不到 @nobody-here:{server}。"
+    assert answer == f"在这个服务器上找不到 `@nobody-here:{server}`。"
     assert "不是 Matrix 用户 ID" in await status(peer, bot, room_id, "nobody")
     other = await make_peer(make_user())
     text = await status(peer, bot, room_id, other.user_id)
@@ -240,3 +240,54 @@ async def test_key_storage_turned_off_on_purpose_is_respected(
     assert "**Next step:**" not in text and "Send `!guide backup`" not in text
     assert "Cross-signing identity: set up" in text
     assert f"`{peer.device_id}`" in text and text.count("!guide backup") == 1
+
+
+async def test_recovery_is_the_finding_when_cross_signing_and_backup_exist(
+    start_bot: Any, make_user: Any, make_peer: Any, synapse: Any
+) -> None:
+    """Current Element makes the identity and the backup by itself: what people still lack
+    is recovery (``m.secret_storage.default_key``), and with the admin token the bot sees it."""
+    from nerbot.localdev.accounts import AccountBuilder
+
+    bot = await start_admin_login_bot(start_bot, make_user, synapse)
+    user = make_user()
+    peer = await make_peer(user)
+    room_id = await open_dm(peer, bot)
+    await peer.ask(room_id, "!lang en", bot.config.matrix.user_id)
+    builder, account = AccountBuilder(synapse), adopt_peer(synapse, user, peer)
+    await asyncio.to_thread(builder.set_up_cross_signing, account)
+    await asyncio.to_thread(builder.sign_device, account, peer.device_id)
+    version = await asyncio.to_thread(builder.create_backup, account)
+    text = await status(peer, bot, room_id)
+    assert "Cross-signing identity: set up" in text
+    assert f"Key backup: on (version {version})" in text
+    assert "Recovery: **not set up**" in text
+    assert "Send `!guide backup`" in text and "Everything looks good" not in text
+
+    await asyncio.to_thread(builder.set_up_secret_storage, account)
+    text = await status(peer, bot, room_id)
+    assert "Recovery: set up" in text and "Recovery: **not set up**" not in text
+    assert "Everything looks good" in text and "!guide backup" not in text
+
+
+async def test_recovery_unseen_without_admin_token_is_said_plainly(
+    start_bot: Any, make_user: Any, make_peer: Any, synapse: Any
+) -> None:
+    """No admin token: recovery is not inferred from the identity; the report says it cannot
+    see it and tells the person where to look in Element."""
+    from nerbot.localdev.accounts import AccountBuilder
+
+    bot = await start_bot()
+    user = make_user()
+    peer = await make_peer(user)
+    room_id = await open_dm(peer, bot)
+    await peer.ask(room_id, "!lang en", bot.config.matrix.user_id)
+    builder, account = AccountBuilder(synapse), adopt_peer(synapse, user, peer)
+    await asyncio.to_thread(builder.set_up_cross_signing, account)
+    await asyncio.to_thread(builder.sign_device, account, peer.device_id)
+    await asyncio.to_thread(builder.set_up_secret_storage, account)  # invisible to this bot
+    text = await status(peer, bot, room_id)
+    assert "Cross-signing identity: set up" in text
+    assert "Recovery (recovery key): not visible to me on this server (not seen)" in text
+    assert "**Get recovery key**" in text
+    assert "Recovery: set up" not in text and "Everything looks good" not in text

@@ -2,6 +2,10 @@
 
 Interop can only be proven against the crypto people run: every test drives a js-sdk peer
 against the real bot on a real Synapse. The emoji the bot shows are compared with the peer's.
+
+Every test runs once per SDK pair (``js-sdk-36``: the older clients, which do not all update;
+``js-sdk-43``: what Element Web ships today), and so does the hygiene check: what the bot's
+``!backup-status`` makes of a person whose Element set up cross-signing and recovery.
 """
 
 from __future__ import annotations
@@ -15,22 +19,33 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from botdm import start_admin_login_bot
 
 from nerbot.app import NerbotApp
 from nerbot.commands.registry import IncomingText
+from nerbot.domain.assessment import FindingKind, SessionMark
+from nerbot.domain.facts import BackupState
 from nerbot.i18n.catalog import load_sas_emoji
 from nerbot.ids import EventId, RoomId, UserId
-from nerbot.localdev.jspeer import PEER_DIR, JsPeer, ensure_installed, node_available
+from nerbot.localdev.jspeer import (
+    DEFAULT_SDK,
+    SDK_PAIRS,
+    JsPeer,
+    ensure_installed,
+    node_available,
+)
 
 logger = logging.getLogger(__name__)
 pytestmark = pytest.mark.timeout(180)
 TABLE = load_sas_emoji()
 
 
-@pytest.fixture(scope="session")
-def jspeer_ready() -> None:
+@pytest.fixture(scope="session", params=list(SDK_PAIRS))
+def js_sdk(request: pytest.FixtureRequest) -> str:
+    """The SDK pair the person's Element runs (the test ID), installed from its lock file."""
     assert node_available(), "node and npm are required (.ci/run installs them)"
-    ensure_installed(PEER_DIR)
+    ensure_installed(str(request.param))
+    return str(request.param)
 
 
 class Clock:
@@ -77,10 +92,12 @@ class Setup:
 
 
 @contextlib.asynccontextmanager
-async def element_in_dm(bot: NerbotApp, user: Any, clock: Clock) -> AsyncIterator[Setup]:
-    """A js-sdk peer (Element's crypto) for ``user`` on their own homeserver, cross-signed, in
-    an encrypted DM with the bot, knowing the bot's device; the bot's emoji are recorded."""
-    peer = await JsPeer.start(name=user.localpart)
+async def element_in_dm(bot: NerbotApp, user: Any, clock: Clock, sdk: str = DEFAULT_SDK
+                        ) -> AsyncIterator[Setup]:
+    """A js-sdk peer (Element's crypto, on the pair ``sdk``) for ``user`` on their own
+    homeserver, cross-signed, in an encrypted DM with the bot, knowing the bot's device; the
+    bot's emoji are recorded."""
+    peer = await JsPeer.start(sdk, name=user.localpart)
     try:
         await peer.login(user.homeserver_url, user.user_id, user.password,
                          device_name="Element")
@@ -109,11 +126,11 @@ async def element_in_dm(bot: NerbotApp, user: Any, clock: Clock) -> AsyncIterato
 
 
 @pytest.fixture
-async def setup(jspeer_ready: None, start_bot: Callable[..., Any], make_user: Any
+async def setup(js_sdk: str, start_bot: Callable[..., Any], make_user: Any
                 ) -> AsyncIterator[Setup]:
     clock = Clock()
     bot = await start_bot(clock=clock)
-    async with element_in_dm(bot, make_user("element"), clock) as opened:
+    async with element_in_dm(bot, make_user("element"), clock, js_sdk) as opened:
         yield opened
 
 
@@ -226,11 +243,11 @@ async def test_stalled_peer_times_out(setup: Setup) -> None:
 
 
 async def test_requests_from_users_not_allowed_are_never_accepted(
-    jspeer_ready: None, start_bot: Callable[..., Any], make_user: Any, synapse: Any
+    js_sdk: str, start_bot: Callable[..., Any], make_user: Any, synapse: Any
 ) -> None:
     bot = await start_bot(allowed_servers=["elsewhere.example"])
     user = make_user("stranger")
-    peer = await JsPeer.start(name=user.localpart)
+    peer = await JsPeer.start(js_sdk, name=user.localpart)
     try:
         await peer.login(synapse.url, user.user_id, user.password, device_name="Element")
         assert bot.session is not None
@@ -270,3 +287,45 @@ async def test_practice_guide_hands_over_to_verification_and_moves_on(setup: Set
     await setup.command("!next")  # the last step: the guide finishes with its summary
     assert store.get_guide_progress(UserId(setup.user_id)) is None
     assert [r["result"] for r in store.guide_runs(UserId(setup.user_id))] == ["finished"]
+
+
+async def test_backup_status_sees_elements_cross_signing_then_recovery(
+    js_sdk: str, start_bot: Callable[..., Any], make_user: Any, synapse: Any
+) -> None:
+    """Hygiene against Element's crypto: the identity and device signature js-sdk uploads
+    count as cross-signed, and its secret storage and key backup are seen (admin-login check)."""
+    bot = await start_admin_login_bot(start_bot, make_user, synapse)
+    assert bot.hygiene is not None
+    async with element_in_dm(bot, make_user("element"), Clock(), js_sdk) as s:
+        device = s.peer.device_id
+        # Cross-signing only (element_in_dm bootstrapped it): the session is verified by its
+        # own identity, and nothing protects the keys yet.
+        report = await bot.hygiene.assess_one(s.user_id, fresh=True)
+        assert report.cross_signing is True
+        assert {r.device.device_id: r.mark for r in report.sessions} == {
+            device: SessionMark.VERIFIED}
+        assert report.backup is BackupState.ABSENT
+        assert {f.kind for f in report.findings} == {FindingKind.NO_BACKUP,
+                                                      FindingKind.NO_SECRET_STORAGE}
+
+        recovery = await s.peer.call("bootstrap_recovery")
+        assert recovery["secret_storage_ready"] is True and recovery["backup_version"]
+        assert recovery["backup_trusted"] is True
+        assert recovery["backup_active_version"] == recovery["backup_version"]
+        report = await bot.hygiene.assess_one(s.user_id, fresh=True)
+        assert report.ok, report.findings
+        assert report.backup is BackupState.PRESENT
+        assert report.backup_version == recovery["backup_version"]
+        assert {r.device.device_id: r.mark for r in report.sessions} == {
+            device: SessionMark.VERIFIED}
+
+        # And as the person reads it: asked from Element's crypto in the encrypted DM.
+        await s.peer.call("send_text", room_id=s.room_id, body="!lang en",
+                          reply_from=s.bot_id, expect="English", timeout=30)
+        reply = await s.peer.call("send_text", room_id=s.room_id, body="!backup-status",
+                                  reply_from=s.bot_id, expect="Cross-signing", timeout=60)
+        text = reply["reply"]["body"]
+        assert "Cross-signing identity: set up" in text
+        assert f"Key backup: on (version {recovery['backup_version']})" in text
+        (line,) = [x for x in text.splitlines() if f"`{device}`" in x]
+        assert line.endswith("— verified")

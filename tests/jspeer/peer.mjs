@@ -6,10 +6,17 @@
 //         and events {"event": "<kind>", ...} as they happen. Nothing else is written to stdout.
 // stderr: logs (matrix-js-sdk's own at JSPEER_LOG level, default "warn").
 //
+// One program for every SDK pair: JSPEER_SDK_DIR names the pair's directory (tests/jspeer for
+// matrix-js-sdk 36 + crypto-wasm 13, tests/jspeer43 for 43 + 18; default: this file's own), and
+// the SDK is loaded through that directory's sdk.mjs. Where the pairs differ, the peer asks the
+// SDK what it has rather than trusting a version number.
+//
 // The protocol is documented in nerbot/localdev/jspeer.py.
 
+import path from "node:path";
 import process from "node:process";
 import readline from "node:readline";
+import { fileURLToPath, pathToFileURL } from "node:url";
 
 // Everything the SDK prints goes to stderr: stdout carries the protocol only. This must happen
 // before the SDK is loaded, hence the dynamic imports below.
@@ -20,11 +27,10 @@ console.debug = toStderr;
 console.warn = toStderr;
 console.trace = toStderr;
 
-const sdk = await import("matrix-js-sdk");
-const { logger } = await import("matrix-js-sdk/lib/logger.js");
-const wasm = await import("@matrix-org/matrix-sdk-crypto-wasm");
-const { CryptoEvent, VerificationPhase, VerificationRequestEvent, VerifierEvent } =
-  await import("matrix-js-sdk/lib/crypto-api/index.js");
+const SDK_DIR = path.resolve(process.env.JSPEER_SDK_DIR || path.dirname(fileURLToPath(import.meta.url)));
+const { sdk, cryptoApi, logger, wasm, versions } = await import(pathToFileURL(path.join(SDK_DIR, "sdk.mjs")).href);
+const { CryptoEvent, VerificationPhase, VerificationRequestEvent, VerifierEvent } = cryptoApi;
+const SDK_VERSION = versions.js_sdk.split(".").map((n) => Number.parseInt(n, 10));
 
 logger.setLevel(process.env.JSPEER_LOG || "warn", false);
 
@@ -67,6 +73,7 @@ function required(args, ...names) {
 
 let client = null;
 let password = null; // kept for UIA (cross-signing bootstrap)
+const secretStorageKeys = new Map(); // secret-storage key ID -> private key (bootstrap_recovery)
 let stalled = false;
 let seq = 0;
 
@@ -248,17 +255,40 @@ function nextIncoming(timeoutMs) {
   });
 }
 
-/** From `stall` on, incoming verification steps (to-device and in-room) never reach the crypto. */
+/** Verification events in a batch of to-device events, dropped while stalled. */
+function dropStalled(events) {
+  if (!stalled) return events;
+  const kept = events.filter((ev) => !String(ev.type ?? "").startsWith(VERIFICATION_PREFIX));
+  if (kept.length !== events.length) log(`stalled: dropped ${events.length - kept.length} to-device verification event(s)`);
+  return kept;
+}
+
+/**
+ * From `stall` on, incoming verification steps (to-device and in-room) never reach the crypto.
+ *
+ * To-device events reach the Rust crypto through the sync loop's crypto callbacks, which
+ * changed between the pairs:
+ * - js-sdk 36: `preprocessToDeviceMessages(events)` with the to-device events alone (device
+ *   lists and key counts went separately, to `processDeviceLists`/`processKeyCounts`);
+ * - newer releases (43 here): one `processSyncChanges({toDeviceEvents, deviceLists,
+ *   oneTimeKeysCounts, unusedFallbackKeys})` per sync response, returning the received messages.
+ * Whichever this SDK has is wrapped; the rest of the response passes through untouched.
+ * In-room steps go through the private `onKeyVerificationEvent` in both.
+ */
 function installStallFilter(rustCrypto) {
-  const preprocess = rustCrypto.preprocessToDeviceMessages.bind(rustCrypto);
-  rustCrypto.preprocessToDeviceMessages = (events) => {
-    if (stalled) {
-      const kept = events.filter((ev) => !String(ev.type ?? "").startsWith(VERIFICATION_PREFIX));
-      if (kept.length !== events.length) log(`stalled: dropped ${events.length - kept.length} to-device verification event(s)`);
-      events = kept;
-    }
-    return preprocess(events);
-  };
+  if (typeof rustCrypto.processSyncChanges === "function") {
+    const processSyncChanges = rustCrypto.processSyncChanges.bind(rustCrypto);
+    rustCrypto.processSyncChanges = (changes) =>
+      processSyncChanges({ ...changes, toDeviceEvents: dropStalled(changes.toDeviceEvents ?? []) });
+  } else if (typeof rustCrypto.preprocessToDeviceMessages === "function") {
+    const preprocess = rustCrypto.preprocessToDeviceMessages.bind(rustCrypto);
+    rustCrypto.preprocessToDeviceMessages = (events) => preprocess(dropStalled(events));
+  } else {
+    throw new Error(`matrix-js-sdk ${versions.js_sdk}: no to-device hook to stall (processSyncChanges / preprocessToDeviceMessages)`);
+  }
+  if (typeof rustCrypto.onKeyVerificationEvent !== "function") {
+    throw new Error(`matrix-js-sdk ${versions.js_sdk}: no onKeyVerificationEvent to stall`);
+  }
   const onRoomEvent = rustCrypto.onKeyVerificationEvent.bind(rustCrypto);
   rustCrypto.onKeyVerificationEvent = async (event) => {
     if (stalled) {
@@ -269,8 +299,14 @@ function installStallFilter(rustCrypto) {
   };
 }
 
-/** initRustCrypto turns the Rust crypto's tracing on at Debug; follow JSPEER_LOG instead. */
+/**
+ * js-sdk 36's initRustCrypto turns the Rust crypto's global tracing on at Debug: follow
+ * JSPEER_LOG instead. Since 37.13 (matrix-js-sdk#4918) initRustCrypto hands the client's logger
+ * to `OlmMachine.initFromStore` and turns no global tracing on, so `logger.setLevel` above
+ * already governs the Rust side and nothing is turned on here.
+ */
 function quietRustTracing() {
+  if (SDK_VERSION[0] > 37 || (SDK_VERSION[0] === 37 && SDK_VERSION[1] >= 13)) return;
   const level = (process.env.JSPEER_LOG || "warn").toLowerCase();
   const levels = {
     trace: wasm.LoggerLevel.Trace,
@@ -376,6 +412,15 @@ const commands = {
       userId: res.user_id,
       deviceId: res.device_id,
       accessToken: res.access_token,
+      // As Element does: the secret-storage key made by bootstrap_recovery is kept in memory,
+      // so the crypto can store (and read back) secrets with it.
+      cryptoCallbacks: {
+        getSecretStorageKey: async ({ keys }) => {
+          const keyId = Object.keys(keys).find((id) => secretStorageKeys.has(id));
+          return keyId ? [keyId, secretStorageKeys.get(keyId)] : null;
+        },
+        cacheSecretStorageKey: (keyId, _keyInfo, key) => secretStorageKeys.set(keyId, key),
+      },
     });
     await client.initRustCrypto({ useIndexedDB: false });
     quietRustTracing();
@@ -414,6 +459,32 @@ const commands = {
     return {
       ready: await c.isCrossSigningReady(),
       master_key: await c.getCrossSigningKeyId(),
+    };
+  },
+
+  /**
+   * Element's "set up recovery": a new recovery key, secret storage with it as the default key
+   * (the cross-signing private keys stored in it) and a new server-side key backup, whose key
+   * goes into secret storage too. Needs bootstrap_cross_signing first.
+   */
+  async bootstrap_recovery() {
+    const c = crypto();
+    const recoveryKey = await c.createRecoveryKeyFromPassphrase();
+    await c.bootstrapSecretStorage({
+      createSecretStorageKey: async () => recoveryKey,
+      setupNewSecretStorage: true,
+      setupNewKeyBackup: true,
+    });
+    // js-sdk 36's resetKeyBackup starts a re-check of the server's backup without awaiting it
+    // (getKeyBackupInfo then answers from the check made before the backup existed); 43's
+    // starts none. Await a check here.
+    const check = await c.checkKeyBackupAndEnable();
+    return {
+      secret_storage_ready: await c.isSecretStorageReady(),
+      backup_version: check?.backupInfo?.version ?? null,
+      backup_trusted: check?.trustInfo?.trusted ?? null,
+      backup_active_version: await c.getActiveSessionBackupVersion(),
+      recovery_key: recoveryKey.encodedPrivateKey ?? null,
     };
   },
 
@@ -562,6 +633,8 @@ const commands = {
     const c = crypto();
     const user = await c.getUserVerificationStatus(args.user_id);
     const out = {
+      // `known` is js-sdk 43's (we hold an identity for them); js-sdk 36 has no such field.
+      identity_known: user.known ?? null,
       identity_verified: user.isVerified(),
       cross_signing_verified: user.isCrossSigningVerified(),
       identity_was_verified: user.wasCrossSigningVerified(),
@@ -643,4 +716,4 @@ rl.on("line", (line) => {
   if (line.trim()) handle(line); // commands run concurrently; replies carry their id
 });
 rl.on("close", () => shutdown(0));
-send({ event: "ready", t: Date.now(), pid: process.pid, node: process.version });
+send({ event: "ready", t: Date.now(), pid: process.pid, node: process.version, ...versions });

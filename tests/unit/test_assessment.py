@@ -96,11 +96,25 @@ def test_stale_unsigned_session_is_reported_once_as_inactive() -> None:
     assert report.sessions[1].mark is SessionMark.INACTIVE
 
 
-def test_missing_secret_storage_only_matters_with_identity() -> None:
+def test_no_recovery_is_a_finding_of_its_own_identity_or_not() -> None:
+    """Current Element makes the identity and the backup by itself: what people lack is
+    recovery, and "has cross-signing" does not mean "has recovery"."""
     no_ssss = BackupFacts(BackupState.PRESENT, "1", secret_storage=False)
-    assert kinds(user(device("A"), backup=no_ssss)) == [FindingKind.NO_SECRET_STORAGE]
+    report = assess_user(user(device("A"), backup=no_ssss), POLICY, NOW)
+    assert [f.kind for f in report.findings] == [FindingKind.NO_SECRET_STORAGE]
+    assert report.worst is Severity.HIGH and report.next_guide == "backup"
+    assert report.recovery is False
     assert kinds(user(device("A", signed=False), cross_signing=False, backup=no_ssss)) == [
-        FindingKind.NO_CROSS_SIGNING]
+        FindingKind.NO_CROSS_SIGNING, FindingKind.NO_SECRET_STORAGE]
+
+
+def test_recovery_is_seen_only_with_the_admin_token() -> None:
+    with_key = assess_user(user(device("A"), backup=BackupFacts(secret_storage=True)),
+                           POLICY, NOW)
+    assert with_key.recovery is True and with_key.ok
+    unseen = assess_user(user(device("A")), POLICY, NOW)
+    assert unseen.recovery is None and unseen.ok  # not visible: no finding, no guess
+    assert unseen.finding(FindingKind.NO_SECRET_STORAGE) is None
 
 
 def test_findings_are_ordered_by_severity() -> None:
@@ -110,6 +124,12 @@ def test_findings_are_ordered_by_severity() -> None:
     assert [f.kind for f in report.findings] == [
         FindingKind.NO_BACKUP, FindingKind.UNVERIFIED_SESSIONS, FindingKind.STALE_SESSIONS]
     assert report.next_guide == "backup"
+
+
+def test_no_recovery_comes_before_no_backup() -> None:
+    """Setting up recovery in Element also makes a working backup: the next step is recovery."""
+    facts = user(device("A"), backup=BackupFacts(BackupState.ABSENT, secret_storage=False))
+    assert kinds(facts) == [FindingKind.NO_SECRET_STORAGE, FindingKind.NO_BACKUP]
 
 
 def test_unknown_user() -> None:
@@ -178,8 +198,8 @@ def test_each_opt_out_suppresses_backup_findings_but_keeps_unverified_sessions(
 ])
 def test_malformed_or_other_content_is_not_an_opt_out(global_data: dict[str, object]) -> None:
     report = assess_user(user(device("A"), backup=opted_out_facts(global_data)), POLICY, NOW)
-    assert [f.kind for f in report.findings] == [FindingKind.NO_BACKUP,
-                                                 FindingKind.NO_SECRET_STORAGE]
+    assert [f.kind for f in report.findings] == [FindingKind.NO_SECRET_STORAGE,
+                                                 FindingKind.NO_BACKUP]
     assert report.notes == ()
 
 

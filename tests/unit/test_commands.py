@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from zoneinfo import ZoneInfo
+
 import pytest
 
 from nerbot.commands.basic import basic_commands
+from nerbot.commands.guide import GuideConversation, guide_commands
 from nerbot.commands.registry import (
     Command,
     CommandContext,
@@ -14,8 +17,16 @@ from nerbot.commands.registry import (
     ParsedCommand,
     parse_command,
 )
+from nerbot.commands.remind import MessageText, remind_commands
+from nerbot.commands.status import status_commands
+from nerbot.commands.verify import verify_commands
+from nerbot.domain.assessment import UserReport
+from nerbot.domain.reminders import ReminderDecision
+from nerbot.errors import VerificationRefused
+from nerbot.guides import load_library
 from nerbot.i18n import Catalog
 from nerbot.ids import EventId, RoomId, UserId
+from nerbot.matrix.render import NoticeRenderer
 from nerbot.store import Store
 
 ALICE = UserId("@alice:localhost")
@@ -171,3 +182,86 @@ async def test_unreachable_homeserver_gets_a_localized_answer_not_a_failure() ->
     await router.handle(msg("!needs-facts"))
     (_, text), = messenger.sent
     assert "far.example" in text and "没有响应" in text and "编号" not in text
+
+
+# -- user input echoed in replies -----------------------------------------------------------
+
+FLOOD = "\u202e`<b>y</b>" + "x" * 20_000  # one token: bidi override, code-span breakout, flood
+
+
+def assert_inert(text: str) -> None:
+    """Short, no bidi override, and no HTML from the input once rendered as Element would."""
+    assert len(text) < 300, f"{len(text)} characters"
+    assert "\u202e" not in text and "x" * 65 not in text
+    html = NoticeRenderer().html(text)
+    assert "<b>" not in html and "</b>" not in html
+
+
+async def test_a_huge_unknown_command_comes_back_short_and_without_bidi() -> None:
+    router, messenger, _ = make_router(Store(":memory:"))
+    assert await router.handle(msg("!" + "\u202e" + "x" * 20_000))
+    (_, text), = messenger.sent
+    assert len(text) < 200 and "\u202e" not in text
+    assert "`!" + "x" * 63 + "…`" in text  # 64 characters of it, then the ellipsis
+
+
+async def test_a_backtick_cannot_smuggle_html_out_of_the_code_span() -> None:
+    router, messenger, _ = make_router(Store(":memory:"))
+    await router.handle(msg("!x`<b>y</b>"))
+    (_, text), = messenger.sent
+    assert_inert(text)
+    assert "&lt;b&gt;y&lt;/b&gt;" in NoticeRenderer().html(text)  # shown as typed, as code
+
+
+class NoFacts:
+    async def assess_one(self, user_id: str, fresh: bool = False) -> UserReport:
+        raise AssertionError("the echo paths answer before any assessment")
+
+
+class Refusing:
+    async def request_in_room(self, user_id: UserId, room_id: RoomId, body: str) -> str:
+        raise AssertionError("not used")
+
+    async def request_to_device(self, user_id: UserId, device_id: str) -> str:
+        raise VerificationRefused("unknown_device")
+
+    async def cancel_for(self, user_id: UserId) -> bool:
+        return False
+
+
+def no_decision(user_id: UserId, report: UserReport) -> ReminderDecision:
+    raise AssertionError("not used")
+
+
+async def no_dm(user_id: UserId) -> RoomId:
+    raise AssertionError("not used")
+
+
+async def exists(user_id: str) -> bool:
+    return True
+
+
+@pytest.mark.parametrize(("lang", "expected"), [
+    ("zh", ("不是 Matrix 用户 ID", "时长", "没有叫", "找不到带加密密钥")),
+    ("en", ("not a Matrix user ID", "not a duration", "no walkthrough", "cannot find a session")),
+])
+async def test_every_reply_that_echoes_an_argument_quotes_it(
+        lang: str, expected: tuple[str, ...]) -> None:
+    store = Store(":memory:")
+    store.set_language(ALICE, lang, 0)
+    router, messenger, registry = make_router(store)
+    catalog, hygiene = Catalog.load(), NoFacts()
+    registry.extend(status_commands(hygiene, lambda u: True, exists))
+    registry.extend(remind_commands(store, hygiene, no_decision,
+                                    MessageText(catalog, store, ZoneInfo("UTC")), lambda: 1_000))
+    registry.extend(guide_commands(GuideConversation(load_library(), store, hygiene, messenger,
+                                                     catalog, lambda: 1_000)))
+    registry.extend(verify_commands(Refusing(), no_dm))
+    commands = ("!backup-status", "!remind snooze", "!guide", "!verify")
+    for command, words in zip(commands, expected, strict=True):
+        messenger.sent.clear()
+        await router.handle(msg(f"{command} {FLOOD}"))
+        (_, text), = messenger.sent
+        assert words in text, text
+        assert_inert(text)
+        assert "ˋ<b>y</b>" + "x" * 55 + "…" in text  # 64 characters of the argument, cut

@@ -12,6 +12,7 @@ from nerbot.cli import main
 from nerbot.config import (
     BotConfig,
     Config,
+    GuidesConfig,
     LoggingConfig,
     MatrixConfig,
     StorageConfig,
@@ -102,6 +103,10 @@ def file_problems(path: Path, env: dict[str, str] | None = None) -> list[str]:
          "logging.level: must be one of DEBUG, INFO, WARNING, ERROR"),
         ({"matrix": {"device_name": "  "}}, "matrix.device_name: must not be empty"),
         ({"storage": {"data_dir": ""}}, "storage.data_dir: must not be empty"),
+        ({"storage": {"keep_days": 6}}, "storage.keep_days: must be between 7 and 3650"),
+        ({"storage": {"keep_days": 3651}}, "storage.keep_days: must be between 7 and 3650"),
+        ({"storage": {"keep_days": "180"}}, "storage.keep_days: expected an integer, got string"),
+        ({"storage": {"keep_days": 1.5}}, "storage.keep_days: expected an integer, got float"),
         # placeholders copied from examples
         ({"synapse_admin": {"token": "CHANGE_ME"}},
          "synapse_admin.token: still the example placeholder"),
@@ -159,6 +164,33 @@ def test_defaults() -> None:
         logging=LoggingConfig("INFO"),
         source=None,
     )
+
+
+def test_web_client_url_default_and_validation() -> None:
+    """``[guides] web_client_url``: the community's own Element Web for the phone path of
+    verify-sessions; empty by default (no link, never a public client)."""
+    assert parse_config({}, ENV, Path("/srv")).guides == GuidesConfig("")
+    for url in ("https://chat.example.org", "http://10.0.0.5:8080", "https://chat.example/#/",
+                "  https://chat.example.org  "):
+        config = parse_config({"guides": {"web_client_url": url}}, ENV, Path("/srv"))
+        assert config.guides.web_client_url == url.strip()
+    bad = "guides.web_client_url: must be an http:// or https:// URL with a host, or empty"
+    for url in ("chat.example.org", "ftp://chat.example", "https://", "https://a b.example",
+                "https://chat.example/(x)", "javascript:alert(1)", "https://x:99999"):
+        assert problems({"guides": {"web_client_url": url}}) == [bad], url
+    assert problems({"guides": {"web_client_url": "https://me:pw@chat.example"}}) == [
+        "guides.web_client_url: must not contain a user name or password"]
+    assert problems({"guides": {"web_client_url": 5}}) == [
+        "guides.web_client_url: expected a string, got integer"]
+    assert problems({"guides": {"web_client": "x"}}) == [
+        'guides.web_client: unknown key (did you mean "web_client_url"?)']
+
+
+def test_keep_days_default_and_bounds() -> None:
+    assert parse_config({}, ENV, Path("/srv")).storage.keep_days == 180
+    for days in (7, 30, 3650):
+        config = parse_config({"storage": {"keep_days": days}}, ENV, Path("/srv"))
+        assert config.storage == StorageConfig(Path("/srv/data"), keep_days=days)
 
 
 def test_values_are_normalised() -> None:

@@ -17,9 +17,11 @@ from nerbot.domain.guide import (
     GuideDataError,
     GuideProgress,
     Move,
+    Unseen,
     clamp,
     evaluate_checkpoint,
     guess_platform,
+    means_confirm,
     means_next,
     next_step,
     parse_guide,
@@ -42,9 +44,11 @@ def dev(device_id: str, signed: bool = True, name: str | None = None) -> DeviceF
 
 
 def report(*devices: DeviceFacts, cross_signing: bool = True,
-           backup: BackupState = BackupState.UNKNOWN) -> UserReport:
+           backup: BackupState = BackupState.UNKNOWN, recovery: bool | None = None,
+           remote: bool = False) -> UserReport:
     facts = UserFacts(ALICE, True, cross_signing, cross_signing, devices,
-                      BackupFacts(backup, "1" if backup is BackupState.PRESENT else None))
+                      BackupFacts(backup, "1" if backup is BackupState.PRESENT else None,
+                                  secret_storage=recovery), remote=remote)
     return assess_user(facts, AssessmentPolicy(), 0)
 
 
@@ -67,6 +71,16 @@ def test_other_text_does_not(text: str) -> None:
     assert not means_next(text)
 
 
+@pytest.mark.parametrize("text", ["confirm", "Confirmed.", "确认", "已确认！", " 我确认 "])
+def test_confirm_words(text: str) -> None:
+    assert means_confirm(text) and not means_next(text)
+
+
+@pytest.mark.parametrize("text", ["done", "好了", "confirm it", "不确认", ""])
+def test_other_text_is_no_confirmation(text: str) -> None:
+    assert not means_confirm(text)
+
+
 def test_steps_move_forward_back_and_finish() -> None:
     p = progress()
     out = next_step(BACKUP, p, None, now_ms=5)
@@ -76,31 +90,91 @@ def test_steps_move_forward_back_and_finish() -> None:
         out.progress, step=0, updated_ms=6)
     assert previous_step(p, 7).move is Move.AT_START
     last = progress(step=len(BACKUP.steps) - 1)
-    passed = evaluate_checkpoint(Checkpoint.CROSS_SIGNING, report(dev("A")), last)
+    passed = evaluate_checkpoint(Checkpoint.RECOVERY, report(dev("A"), recovery=True), last)
     finished = next_step(BACKUP, last, passed, now_ms=8)
     assert finished.move is Move.FINISHED and finished.progress is None
 
 
 def test_a_checkpoint_step_never_advances_without_a_passed_check() -> None:
-    finish = next(i for i, s in enumerate(BACKUP.steps) if s.checkpoint is Checkpoint.BACKUP)
+    finish = next(i for i, s in enumerate(BACKUP.steps) if s.checkpoint is Checkpoint.RECOVERY)
     p = progress(step=finish)
     assert next_step(BACKUP, p, None, 1).move is Move.STAYED
-    failed = evaluate_checkpoint(Checkpoint.BACKUP, report(dev("A", False),
-                                                          cross_signing=False), p)
-    out = next_step(BACKUP, p, failed, 1)
-    assert out.move is Move.STAYED and out.progress == p and out.check == failed
+    for unfinished in (report(dev("A"), recovery=False), report(dev("A"))):
+        failed = evaluate_checkpoint(Checkpoint.RECOVERY, unfinished, p)
+        out = next_step(BACKUP, p, failed, 1)
+        assert out.move is Move.STAYED and out.progress == p and out.check == failed
 
 
-def test_backup_checkpoint_is_honest_about_what_it_saw() -> None:
+def test_recovery_checkpoint_checks_recovery_itself() -> None:
+    """The backup guide's last step: recovery (secret storage) with the admin token, the key
+    backup behind it with the admin-login check; never cross-signing."""
     p = progress()
-    seen = evaluate_checkpoint(Checkpoint.BACKUP, report(backup=BackupState.PRESENT), p)
-    assert seen.passed and seen.reason is CheckReason.BACKUP_SEEN
-    absent = evaluate_checkpoint(Checkpoint.BACKUP, report(backup=BackupState.ABSENT), p)
-    assert not absent.passed and absent.reason is CheckReason.BACKUP_ABSENT
-    inferred = evaluate_checkpoint(Checkpoint.BACKUP, report(), p)
-    assert inferred.passed and inferred.reason is CheckReason.BACKUP_INFERRED
-    none = evaluate_checkpoint(Checkpoint.BACKUP, report(cross_signing=False), p)
-    assert not none.passed and none.reason is CheckReason.NO_IDENTITY
+    seen = evaluate_checkpoint(Checkpoint.RECOVERY, report(recovery=True), p)
+    assert seen.passed and seen.reason is CheckReason.RECOVERY_SET_UP and seen.seen
+    both = evaluate_checkpoint(Checkpoint.RECOVERY,
+                               report(recovery=True, backup=BackupState.PRESENT), p)
+    assert both.passed and both.reason is CheckReason.RECOVERY_SET_UP
+    no_backup = evaluate_checkpoint(Checkpoint.RECOVERY,
+                                    report(recovery=True, backup=BackupState.ABSENT), p)
+    assert not no_backup.passed and no_backup.reason is CheckReason.BACKUP_ABSENT
+    missing = evaluate_checkpoint(Checkpoint.RECOVERY, report(recovery=False), p)
+    assert not missing.passed and missing.reason is CheckReason.NO_RECOVERY and missing.seen
+    # A confirmation changes nothing where the server shows the answer.
+    assert evaluate_checkpoint(Checkpoint.RECOVERY, report(recovery=False), p,
+                               confirmed=True) == missing
+    # Recovery exists without a cross-signing identity (an old client): recovery is the subject.
+    assert evaluate_checkpoint(Checkpoint.RECOVERY,
+                               report(cross_signing=False, recovery=True), p).passed
+
+
+def test_unseen_recovery_asks_the_person_and_never_infers_from_cross_signing() -> None:
+    p = progress()
+    for identity in (True, False):
+        asked = evaluate_checkpoint(Checkpoint.RECOVERY, report(cross_signing=identity), p)
+        assert not asked.passed and not asked.seen
+        assert asked.reason is CheckReason.RECOVERY_NOT_VISIBLE
+        assert asked.unseen is Unseen.ASK_CONFIRM
+        confirmed = evaluate_checkpoint(Checkpoint.RECOVERY, report(cross_signing=identity), p,
+                                        confirmed=True)
+        assert confirmed.passed and confirmed.unseen is Unseen.CONFIRMED
+    remote = evaluate_checkpoint(Checkpoint.RECOVERY, report(remote=True), p)
+    assert remote.reason is CheckReason.RECOVERY_NOT_VISIBLE_REMOTE and not remote.seen
+    # The other checkpoints look at what they judge: always seen, a confirmation is ignored.
+    for checkpoint in (Checkpoint.SESSIONS_VERIFIED, Checkpoint.NEW_SESSION_SIGNED,
+                       Checkpoint.BOT_VERIFIED):
+        for r in (report(), report(cross_signing=False), report(dev("A", False))):
+            assert evaluate_checkpoint(checkpoint, r, p).seen
+            assert evaluate_checkpoint(checkpoint, r, p, confirmed=True) == \
+                evaluate_checkpoint(checkpoint, r, p)
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_unseen_recovery_gets_no_verdict_mark_and_asks_to_confirm(lang: str) -> None:
+    conv, store, _, _ = conversation(report())
+    store.set_language(ALICE, lang, 0)
+    finish = next(s for s in BACKUP.steps if s.checkpoint is Checkpoint.RECOVERY)
+    not_seen = {"en": "(not seen)", "zh": "（未直接看到）"}[lang]
+    for platform in ("web", "mobile"):
+        asked = conv.check_text(ALICE, finish, evaluate_checkpoint(
+            Checkpoint.RECOVERY, report(), progress()), platform)
+        assert not any(m in asked for m in ("✅", "❌"))
+        assert finish.check_failed[lang] not in asked and not_seen in asked
+        assert asked.startswith("❔") and finish.hint(lang, platform) in asked
+        assert "`!next confirm`" in asked
+        confirmed = conv.check_text(ALICE, finish, evaluate_checkpoint(
+            Checkpoint.RECOVERY, report(), progress(), confirmed=True), platform)
+        assert not any(m in confirmed for m in ("✅", "❌"))
+        assert finish.check_passed[lang] not in confirmed and not_seen in confirmed
+    for recovery, backup, mark in ((True, BackupState.UNKNOWN, "✅"),
+                                   (True, BackupState.PRESENT, "✅"),
+                                   (False, BackupState.UNKNOWN, "❌"),
+                                   (True, BackupState.ABSENT, "❌")):
+        check = evaluate_checkpoint(Checkpoint.RECOVERY,
+                                    report(recovery=recovery, backup=backup), progress())
+        texts = finish.check_passed if check.passed else finish.check_failed
+        text = conv.check_text(ALICE, finish, check, "web")
+        assert text.startswith(texts[lang]) and texts[lang].startswith(mark)
+        assert not_seen not in text and "!next confirm" not in text
 
 
 def test_new_session_signed_names_the_session_that_changed() -> None:
@@ -200,26 +274,57 @@ def conversation(current: UserReport) -> tuple[GuideConversation, Store, Hygiene
 
 
 async def test_conversation_checks_fresh_and_keeps_progress_in_the_store() -> None:
-    conv, store, hygiene, _ = conversation(report(dev("A", False), cross_signing=False))
+    conv, store, hygiene, _ = conversation(report(dev("A"), recovery=False))
     first = await conv.begin(ALICE, "backup")
-    assert first.startswith("**Set up secure backup** · step 1 of 6")
+    assert first.startswith("**Set up recovery** · step 1 of 7")
     assert "!platform" not in first  # same text on every platform: no hint
     second = await conv.next(ALICE)
     assert "Steps for Element Web" in second and "!platform mobile" in second  # guessed
-    for _ in range(3):
+    for _ in range(5):
         await conv.next(ALICE)
     before = hygiene.fresh_calls
     stayed = await conv.next(ALICE)
     assert hygiene.fresh_calls == before + 1  # the checkpoint bypassed the cache
-    assert "no cross-signing identity" in stayed
+    assert "❌ Recovery is not complete yet." in stayed and "**no recovery**" in stayed
+    assert "**Finish set up**" in stayed  # a client label, from the label file
     saved = store.get_guide_progress(ALICE)
-    assert saved is not None and saved.step == 4
-    hygiene.current = report(dev("A", False))
-    assert "· step 6 of 6" in await conv.next(ALICE)
-    assert "· step 6 of 6" in await conv.begin(ALICE, "backup")  # resumes, no restart
+    assert saved is not None and saved.step == 6
+    # Seen on the server: the person's word changes nothing.
+    assert "stay on this step" in await conv.next(ALICE, confirmed=True)
+    hygiene.current = report(dev("A"), recovery=True)
+    done = await conv.next(ALICE)
+    assert "✅ Recovery is set up for your account." in done and "**Done: Set up recovery**" in done
+    assert store.get_guide_progress(ALICE) is None
+    await conv.begin(ALICE, "backup")
     other = await conv.begin(ALICE, "verify-user")
-    assert "I closed the walkthrough" in other and "step 1 of 5" in other
-    assert [r["result"] for r in store.guide_runs(ALICE)] == ["replaced"]
+    assert "I closed the walkthrough" in other and "step 1 of 7" in other
+    assert [r["result"] for r in store.guide_runs(ALICE)] == ["finished", "replaced"]
+
+
+async def test_unseen_recovery_is_passed_on_the_persons_confirmation() -> None:
+    conv, store, _, _ = conversation(report(dev("A")))  # no admin token: recovery unseen
+    await conv.begin(ALICE, "backup")
+    store.save_guide_progress(ALICE, GuideProgress("backup", 6, 0, 0))
+    asked = await conv.next(ALICE)
+    assert "not visible to me on this server (not seen)" in asked
+    assert "**Change recovery key**" in asked and "`!next confirm`" in asked
+    assert "stay on this step" in asked
+    done = await conv.next(ALICE, confirmed=True)
+    assert "You confirmed that recovery is set up" in done and "(not seen)" in done
+    assert "**Done: Set up recovery**" in done and "✅" not in done
+
+
+async def test_the_community_web_client_follows_the_phone_step() -> None:
+    conv, store, _, _ = conversation(report(dev("A")))
+    store.set_platform(ALICE, "mobile", 0)
+    step = await conv.begin(ALICE, "verify-sessions")
+    assert "Ask an admin for the address of your community's Element Web." in step
+    assert "app.element.io" not in step
+    conv.web_client_url = "https://chat.example.org"
+    with_link = await conv.begin(ALICE, "verify-sessions")
+    assert "[https://chat.example.org](https://chat.example.org)" in with_link
+    store.set_platform(ALICE, "web", 0)
+    assert "chat.example.org" not in await conv.begin(ALICE, "verify-sessions")
 
 
 async def test_platform_choice_changes_the_variant_shown() -> None:
@@ -227,9 +332,9 @@ async def test_platform_choice_changes_the_variant_shown() -> None:
     await conv.begin(ALICE, "backup")
     await conv.next(ALICE)  # "open-settings" differs between web and mobile
     mobile = await conv.set_platform(ALICE, "mobile")
-    assert "Element X" in mobile and "!platform web" in mobile
+    assert "Element X" in mobile and "**Settings**" in mobile and "!platform web" in mobile
     assert store.get_platform(ALICE) == "mobile"
-    assert "Security & Privacy" in await conv.set_platform(ALICE, "web")
+    assert "**All settings**" in await conv.set_platform(ALICE, "web")
 
 
 async def test_plain_done_only_counts_in_a_dm_with_an_active_guide() -> None:
@@ -239,9 +344,13 @@ async def test_plain_done_only_counts_in_a_dm_with_an_active_guide() -> None:
         return IncomingText(ALICE, RoomId("!r:hs"), EventId("$e"), body, is_dm)
 
     assert conv.interpret(msg("好了")) is None  # no guide yet
+    assert conv.interpret(msg("确认")) is None
     await conv.begin(ALICE, "practice")
     assert conv.interpret(msg("好了")) == "!next"
+    assert conv.interpret(msg("确认")) == "!next confirm"
+    assert conv.interpret(msg("confirm")) == "!next confirm"
     assert conv.interpret(msg("好了", is_dm=False)) is None
+    assert conv.interpret(msg("确认", is_dm=False)) is None
     assert conv.interpret(msg("thanks")) is None
 
 

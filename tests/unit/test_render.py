@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import markdown
 import pytest
 
 from nerbot.i18n import LANGUAGES, Catalog
 from nerbot.i18n.catalog import load_sas_emoji
-from nerbot.matrix.render import NoticeRenderer
+from nerbot.matrix.render import NoticeRenderer, plain_markdown
 
 CATALOG = Catalog.load()
 
 
 def full(text: str) -> str:
-    return str(markdown.markdown(text, extensions=["nl2br"]))
+    return str(plain_markdown().convert(text))
 
 
 @pytest.mark.parametrize("lang", LANGUAGES)
@@ -30,3 +29,14 @@ def test_reusing_one_converter_gives_what_a_fresh_one_gives(lang: str) -> None:
     assert content["body"] == texts[0] and content["msgtype"] == "m.notice"
     assert content["format"] == "org.matrix.custom.html"
     assert "<li>" in renderer.html(texts[1])
+
+
+@pytest.mark.parametrize("hostile", ["<b>bold</b>", "<script>alert(1)</script>",
+                                     "<img src=x onerror=y>", "<div>\nblock\n</div>",
+                                     "a<br>b", "<a href='https://evil'>x</a>"])
+def test_raw_html_from_values_is_shown_as_text(hostile: str) -> None:
+    html = NoticeRenderer().html(f"Session `ABC` {hostile} — **not verified**")
+    assert "<strong>not verified</strong>" in html  # Markdown still works
+    assert "&lt;" in html
+    for tag in ("<b>", "<script", "<img", "<div", "<br>", "<a "):
+        assert tag not in html

@@ -112,10 +112,11 @@ def test_inactivity_and_request_timeouts() -> None:
     assert bot.tick(T0 + v.REQUEST_VALID_MS) == []
     (_send, cancelled) = bot.tick(T0 + v.REQUEST_VALID_MS + 1)
     assert isinstance(cancelled, v.Cancelled) and cancelled.code == "m.timeout"
+    # A stale request is ignored (spec), not answered: the flow ends with nothing to send.
     stale = flow(BOT, BOT_DEV, ALICE, None, we_requested=False)
     old = {"from_device": ALICE_DEV, "methods": [v.SAS_V1], "timestamp": T0}
-    assert of(stale.receive_request(old, T0 + v.REQUEST_VALID_MS + 1), v.Cancelled)[0].code == \
-        "m.timeout"
+    assert stale.receive_request(old, T0 + v.REQUEST_VALID_MS + 1) == []
+    assert stale.finished and stale.cancel is None
     mid, _alice, _, _ = run_bot_requests()
     assert mid.tick(T0 + v.INACTIVITY_MS) == []
     assert of(mid.tick(T0 + v.INACTIVITY_MS + 1), v.Cancelled)[0].code == "m.timeout"
@@ -134,6 +135,10 @@ def test_out_of_order_malformed_and_foreign_events() -> None:
     bot = flow(BOT, BOT_DEV, ALICE, None, we_requested=False)
     assert of(bot.receive_request({"from_device": "D", "methods": ["m.qr_code.show.v1"]}, T0),
               v.Cancelled)[0].code == "m.unknown_method"
+    for malformed in ({}, {"from_device": "D"}, {"from_device": "D", "methods": "m.sas.v1"},
+                      {"from_device": "D" * 10_000, "methods": [v.SAS_V1]}):
+        bot = flow(BOT, BOT_DEV, ALICE, None, we_requested=False)
+        assert bot.receive_request(malformed, T0) == [] and bot.finished  # ignored, no cancel
     bot = flow(BOT, BOT_DEV, ALICE, ALICE_DEV, we_requested=True)
     assert bot.receive("m.key.verification.unknown", ALICE, {}, T0) == []
     assert bot.phase is v.Phase.REQUESTED
