@@ -171,6 +171,7 @@ class NerbotApp:
             assert self.outbox is not None
             self.runner.spawn(self.outbox.deliver(), name="outbox at start")
         self.runner.spawn(verifier.end_interrupted(), name="end interrupted verifications")
+        self.runner.spawn(guides.resend_unsent(), name="guide steps a crash kept back")
         logger.info("nerbot is running as %s (device %s)", client.user_id, client.device_id)
 
     async def stop(self) -> None:

@@ -11,6 +11,7 @@ so and asks the person to look and confirm (``!next confirm``); it never infers 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -249,9 +250,10 @@ class GuideConversation:
                 report = await self.hygiene.assess_one(user_id, fresh=True)
             return self.finished_text(user_id, guide, before, report)
         assert outcome.progress is not None
-        self.store.save_guide_progress(user_id, outcome.progress)
-        return self.step_text(user_id, guide, outcome.progress,
+        text = self.step_text(user_id, guide, outcome.progress,
                               await self.platform_of(user_id, report), before=before)
+        self._save_with_answer(user_id, outcome.progress)
+        return text
 
     async def back(self, user_id: UserId) -> str:
         current = self.active(user_id)
@@ -260,11 +262,46 @@ class GuideConversation:
         guide, progress = current
         outcome = previous_step(progress, self.now_ms())
         assert outcome.progress is not None
-        if outcome.move is Move.BACK:
-            self.store.save_guide_progress(user_id, outcome.progress)
         before = self.voice.t(user_id, "guide.at_start") if outcome.move is Move.AT_START else ""
-        return self.step_text(user_id, guide, outcome.progress,
+        text = self.step_text(user_id, guide, outcome.progress,
                               await self.platform_of(user_id), before=before)
+        if outcome.move is Move.BACK:
+            self._save_with_answer(user_id, outcome.progress)
+        return text
+
+    # -- the answer to a step change, exactly once across crashes ----------------------------
+
+    def _save_with_answer(self, user_id: UserId, progress: GuideProgress) -> None:
+        """Store the new step together with the transaction ID its answer will be sent with.
+
+        The answer is sent right after (``guide_commands``) and then marked sent. A crash in
+        between leaves the ID stored; ``resend_unsent`` at the next start sends the step
+        again with the same ID, which the homeserver turns into a no-op if it got the first.
+        So the step stored is always the step the person sees.
+        """
+        self.store.save_guide_progress(user_id, progress,
+                                       unsent_txn=answer_txn(user_id, progress))
+
+    def unsent_txn(self, user_id: UserId) -> str | None:
+        return self.store.unsent_guide_txn(user_id)
+
+    def answer_sent(self, user_id: UserId, txn: str) -> None:
+        self.store.guide_answer_sent(user_id, txn)
+
+    async def resend_unsent(self) -> None:
+        """At start: send each step whose answer a crash may have kept from the person."""
+        for user_id, txn in self.store.unsent_guide_answers():
+            try:
+                current = self.active(user_id)
+                if current is not None:
+                    guide, progress = current
+                    text = self.step_text(user_id, guide, progress,
+                                          await self.platform_of(user_id))
+                    await self.messenger.send_dm(user_id, text, txn_id=txn)
+                    logger.info("Guide step of %s sent again after a restart", user_id)
+                self.answer_sent(user_id, txn)
+            except Exception:  # one person's guide must not stop the others'
+                logger.exception("Could not send %s's guide step after a restart", user_id)
 
     def stop(self, user_id: UserId) -> str:
         ended = self.store.end_guide(user_id, "stopped", self.now_ms())
@@ -298,7 +335,10 @@ class GuideConversation:
             return
         text = await self._apply(user_id, guide, progress,
                                  next_step(guide, progress, check, self.now_ms()), report)
-        await self.messenger.send_dm(user_id, text)
+        txn = self.unsent_txn(user_id)
+        await self.messenger.send_dm(user_id, text, txn_id=txn)
+        if txn is not None:
+            self.answer_sent(user_id, txn)
 
     def interpret(self, message: IncomingText) -> str | None:
         """A plain "done"/"好了" in the DM while a guide is active means ``!next``, a plain
@@ -312,13 +352,23 @@ class GuideConversation:
         return command
 
 
+def answer_txn(user_id: str, progress: GuideProgress) -> str:
+    """The transaction ID of the answer to one step change (the same after a restart)."""
+    seed = f"{user_id}|{progress.guide}|{progress.started_ms}|{progress.step}|" \
+           f"{progress.updated_ms}"
+    return "nerbot-guide-" + hashlib.sha256(seed.encode()).hexdigest()[:32]
+
+
 def guide_commands(conversation: GuideConversation) -> list[Command]:
     async def deliver(ctx: CommandContext, text: str) -> None:
+        txn = conversation.unsent_txn(ctx.sender)  # a step change's answer, sent once
         if ctx.is_dm:
-            await ctx.messenger.send_notice(ctx.room_id, text)
+            await ctx.messenger.send_notice(ctx.room_id, text, txn_id=txn)
         else:  # walkthroughs are personal: continue in the encrypted DM
-            await ctx.messenger.send_dm(ctx.sender, text)
+            await ctx.messenger.send_dm(ctx.sender, text, txn_id=txn)
             await ctx.reply("guide.continued_in_dm", user=ctx.sender)
+        if txn is not None:
+            conversation.answer_sent(ctx.sender, txn)
 
     async def guide(ctx: CommandContext) -> None:
         if len(ctx.args) > 1:

@@ -98,9 +98,10 @@ class MatrixTransport:
 
     # -- direct messages --------------------------------------------------------------------
 
-    async def send_dm(self, user_id: UserId, markdown_text: str) -> RoomId:
+    async def send_dm(self, user_id: UserId, markdown_text: str,
+                      txn_id: str | None = None) -> RoomId:
         room_id = await self.ensure_dm(user_id)
-        await self.send_notice(room_id, markdown_text)
+        await self.send_notice(room_id, markdown_text, txn_id=txn_id)
         return room_id
 
     def dm_is_usable(self, room_id: RoomId, user_id: UserId) -> bool:

@@ -192,15 +192,33 @@ class Store:
             known_at_start=frozenset(json.loads(known_at_start or "[]")),
         )
 
-    def save_guide_progress(self, user_id: UserId, progress: GuideProgress) -> None:
+    def save_guide_progress(self, user_id: UserId, progress: GuideProgress,
+                            unsent_txn: str | None = None) -> None:
+        """Store the step; ``unsent_txn``: its answer is about to be sent with this txn ID."""
         with self.db.atomic():
             self._table("guide_progress").upsert(
                 {"user_id": user_id, "guide": progress.guide, "step": progress.step,
                  "started_ms": progress.started_ms, "updated_ms": progress.updated_ms,
                  "signed_at_start": json.dumps(sorted(progress.signed_at_start)),
-                 "known_at_start": json.dumps(sorted(progress.known_at_start))},
+                 "known_at_start": json.dumps(sorted(progress.known_at_start)),
+                 "unsent_txn": unsent_txn},
                 pk="user_id",
             )
+
+    def guide_answer_sent(self, user_id: UserId, txn: str) -> None:
+        with self.db.atomic():
+            self.db.execute("UPDATE guide_progress SET unsent_txn = NULL "
+                            "WHERE user_id = ? AND unsent_txn = ?", [user_id, txn])
+
+    def unsent_guide_answers(self) -> list[tuple[UserId, str]]:
+        """People whose current step's answer may not have reached them (a crash came first)."""
+        rows = self.db.execute("SELECT user_id, unsent_txn FROM guide_progress "
+                               "WHERE unsent_txn IS NOT NULL").fetchall()
+        return [(UserId(user), str(txn)) for user, txn in rows]
+
+    def unsent_guide_txn(self, user_id: UserId) -> str | None:
+        row = self._one("SELECT unsent_txn FROM guide_progress WHERE user_id = ?", [user_id])
+        return str(row[0]) if row is not None and row[0] is not None else None
 
     def end_guide(self, user_id: UserId, result: str, now_ms: int) -> GuideProgress | None:
         """Clear the active guide and record how it ended ("finished", "stopped", "replaced")."""

@@ -101,4 +101,10 @@ def build_migrations() -> Migrations:
         db.table("verifications").add_column("room_id", str)
         db.table("verifications").add_column("resume", str)
 
+    @migrations(name="0007_guide_answer")
+    def guide_answer(db: Database) -> None:
+        # The transaction ID of a step's answer not yet known to be on the homeserver: stored
+        # with the step itself, so a crash between the two is repaired at the next start.
+        db.table("guide_progress").add_column("unsent_txn", str)
+
     return migrations

@@ -122,11 +122,13 @@ class RecordingMessenger:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str]] = []
 
-    async def send_notice(self, room_id: RoomId, markdown: str) -> str | None:
+    async def send_notice(self, room_id: RoomId, markdown: str,
+                          txn_id: str | None = None) -> str | None:
         self.sent.append((room_id, markdown))
         return "$sent"
 
-    async def send_dm(self, user_id: UserId, markdown: str) -> RoomId:
+    async def send_dm(self, user_id: UserId, markdown: str,
+                      txn_id: str | None = None) -> RoomId:
         self.sent.append((f"dm:{user_id}", markdown))
         return DM
 

@@ -11,9 +11,11 @@ class DmRecorder:
     def __init__(self) -> None:
         self.dms: list[str] = []
 
-    async def send_notice(self, room_id: RoomId, markdown: str) -> str | None:
+    async def send_notice(self, room_id: RoomId, markdown: str,
+                          txn_id: str | None = None) -> str | None:
         return None
 
-    async def send_dm(self, user_id: UserId, markdown: str) -> RoomId:
+    async def send_dm(self, user_id: UserId, markdown: str,
+                      txn_id: str | None = None) -> RoomId:
         self.dms.append(markdown)
         return RoomId("!dm:hs")

@@ -372,3 +372,35 @@ async def test_a_guide_removed_by_an_update_is_forgotten_cleanly() -> None:
     store.save_guide_progress(ALICE, GuideProgress("retired-guide", 3, 0, 0))
     assert "no walkthrough in progress" in await conv.next(ALICE)
     assert store.get_guide_progress(ALICE) is None
+
+
+async def test_a_step_change_and_its_answer_survive_a_crash_between_them() -> None:
+    """The new step is stored with its answer's transaction ID; if the answer was never marked
+    sent (the bot died in between), the next start sends the same step with the same ID."""
+    from nerbot.commands.guide import answer_txn
+
+    conv, store, _, messenger = conversation(report(dev("A"), recovery=False))
+    await conv.begin(ALICE, "backup")
+    assert store.unsent_guide_answers() == []  # starting a guide moves no step
+    shown = await conv.next(ALICE)  # the bot "dies" here: the answer is never sent
+    progress = store.get_guide_progress(ALICE)
+    assert progress is not None and progress.step == 1
+    txn = answer_txn(ALICE, progress)
+    assert store.unsent_guide_answers() == [(ALICE, txn)] and conv.unsent_txn(ALICE) == txn
+    sent: list[tuple[str, str | None]] = []
+
+    async def send_dm(user_id: str, markdown: str, txn_id: str | None = None) -> str:
+        sent.append((markdown, txn_id))
+        return "!dm:hs"
+
+    messenger.send_dm = send_dm  # type: ignore[method-assign]
+    await conv.resend_unsent()  # the next start
+    [(text, used)] = sent
+    assert used == txn and text.splitlines()[0] == shown.splitlines()[0]  # step 2 of 7
+    assert store.unsent_guide_answers() == []
+    await conv.resend_unsent()
+    assert len(sent) == 1  # once sent, never again
+    back = await conv.back(ALICE)
+    assert "step 1 of 7" in back and conv.unsent_txn(ALICE) is not None
+    conv.answer_sent(ALICE, str(conv.unsent_txn(ALICE)))  # what guide_commands does
+    assert store.unsent_guide_answers() == []
