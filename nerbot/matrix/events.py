@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -14,6 +15,9 @@ from nerbot.runner import TaskRunner
 from nerbot.store import Store
 
 logger = logging.getLogger(__name__)
+
+JOIN_ATTEMPTS = 3
+JOIN_RETRY_SECONDS = 1.0
 
 MessageHandler = Callable[[RoomId, UserId, EventId, str, bool], Awaitable[None]]
 JoinHandler = Callable[[RoomId, UserId, bool], Awaitable[None]]
@@ -109,7 +113,7 @@ class EventRouter:
                 await self.client.room_leave(room_id)
                 self.store.record_invite(room_id, inviter, False, "server not allowed", now)
                 return
-            response = await self.client.join(room_id)
+            response = await self._join(room_id)
             if not isinstance(response, nio.JoinResponse):
                 logger.warning("Joining %s failed: %s", room_id, response)
                 return
@@ -120,6 +124,20 @@ class EventRouter:
             await self.on_joined(room_id, inviter, is_direct)
         finally:
             self._invites_in_flight.discard(room_id)
+
+    async def _join(self, room_id: RoomId) -> object:
+        """Join, trying again a few times: over federation the inviting server may not be
+        ready to let us in at the first try (measured: "You are not invited", then fine)."""
+        response: object = None
+        for attempt in range(JOIN_ATTEMPTS):
+            response = await self.client.join(room_id)
+            if isinstance(response, nio.JoinResponse):
+                return response
+            if attempt + 1 < JOIN_ATTEMPTS:
+                logger.info("Joining %s failed (%s); trying again", room_id,
+                            getattr(response, "message", response))
+                await asyncio.sleep(JOIN_RETRY_SECONDS * (attempt + 1))
+        return response
 
     async def _on_member(self, room: nio.MatrixRoom, event: nio.RoomMemberEvent) -> None:
         if event.membership in ("leave", "ban") and event.state_key != self.user_id:
