@@ -26,6 +26,7 @@ os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY",
                       str(HERE.parents[1] / ".cache" / "hypothesis"))
 sys.path.insert(0, str(HERE.parent / "integration"))  # botdm.py, as its own tests import it
 sys.path.insert(0, str(HERE))  # crashkit.py for every module here, whatever the import mode
+sys.path.insert(0, str(HERE.parent / "unit"))  # fakes.py, the unit tests' test doubles
 
 from crashkit import BotAccount, BotProcess, config_dict  # noqa: E402
 

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import vodozemac
 from crashkit import gap
+from fakes import RecordingMessenger
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from nio.crypto import OlmDevice
@@ -118,19 +119,6 @@ class RecordingCatalog(Catalog):
         return text
 
 
-class RecordingMessenger:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str]] = []
-
-    async def send_notice(self, room_id: RoomId, markdown: str,
-                          txn_id: str | None = None) -> str | None:
-        self.sent.append((room_id, markdown))
-        return "$sent"
-
-    async def send_dm(self, user_id: UserId, markdown: str,
-                      txn_id: str | None = None) -> RoomId:
-        self.sent.append((f"dm:{user_id}", markdown))
-        return DM
 
 
 class FakeHygiene:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from zoneinfo import ZoneInfo
 
 import pytest
+from fakes import RecordingMessenger
 
 from nerbot.commands.basic import basic_commands
 from nerbot.commands.guide import GuideConversation, guide_commands
@@ -31,21 +32,6 @@ from nerbot.store import Store
 
 ALICE = UserId("@alice:localhost")
 ROOM = RoomId("!room:localhost")
-
-
-class RecordingMessenger:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str]] = []
-
-    async def send_notice(self, room_id: RoomId, markdown: str,
-                          txn_id: str | None = None) -> str | None:
-        self.sent.append((room_id, markdown))
-        return "$sent"
-
-    async def send_dm(self, user_id: UserId, markdown: str,
-                      txn_id: str | None = None) -> RoomId:
-        self.sent.append((f"dm:{user_id}", markdown))
-        return RoomId("!dm:localhost")
 
 
 @pytest.mark.parametrize(
