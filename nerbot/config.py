@@ -302,23 +302,35 @@ def _read_sections(raw: Mapping[str, Any], problems: _Problems) -> dict[str, dic
     return values
 
 
-def _check_homeserver(url: str, problems: _Problems) -> str:
-    """The homeserver's base URL without a trailing slash (API paths are appended to it)."""
-    key = "matrix.homeserver"
+def _http_url(url: str, key: str, problems: _Problems, what: str,
+              forbidden: str = "") -> urllib.parse.SplitResult | None:
+    """``url`` split, if it is an http(s) URL with a host and no credentials (else a problem
+    under ``key``: ``what`` says what it must be; ``forbidden`` lists characters it may not
+    contain)."""
     try:
         parsed = urllib.parse.urlsplit(url)
         port = parsed.port  # raises on a non-numeric or out-of-range port
     except ValueError:
-        problems.add(key, "must be an http:// or https:// URL with a host")
-        return url
+        problems.add(key, what)
+        return None
     host = parsed.netloc.rpartition("@")[2]
-    if parsed.scheme not in ("http", "https") or not parsed.hostname or not is_server_name(host):
-        problems.add(key, "must be an http:// or https:// URL with a host")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname \
+            or not is_server_name(host) or any(c in url for c in forbidden):
+        problems.add(key, what)
     elif parsed.username is not None or parsed.password is not None:
         problems.add(key, "must not contain a user name or password")
     elif port == 0:
         problems.add(key, "has an invalid port")
-    elif parsed.path not in ("", "/") or parsed.query or parsed.fragment:
+    else:
+        return parsed
+    return None
+
+
+def _check_homeserver(url: str, problems: _Problems) -> str:
+    """The homeserver's base URL without a trailing slash (API paths are appended to it)."""
+    key = "matrix.homeserver"
+    parsed = _http_url(url, key, problems, "must be an http:// or https:// URL with a host")
+    if parsed is not None and (parsed.path not in ("", "/") or parsed.query or parsed.fragment):
         problems.add(key, "must be the server's base URL (no path, query or fragment)")
     return url.rstrip("/")
 
@@ -326,21 +338,10 @@ def _check_homeserver(url: str, problems: _Problems) -> str:
 def _web_client_url(url: str, problems: _Problems) -> str:
     """The community's Element Web: "" (no link), or an http(s) URL people can open."""
     url = url.strip()
-    if not url:
-        return ""
-    key = "guides.web_client_url"
-    try:
-        parsed = urllib.parse.urlsplit(url)
-        _ = parsed.port  # raises on a non-numeric or out-of-range port
-    except ValueError:
-        problems.add(key, "must be an http:// or https:// URL with a host, or empty")
-        return url
-    host = parsed.netloc.rpartition("@")[2]
-    if parsed.scheme not in ("http", "https") or not parsed.hostname \
-            or not is_server_name(host) or any(c in url for c in " <>()[]\"'"):
-        problems.add(key, "must be an http:// or https:// URL with a host, or empty")
-    elif parsed.username is not None or parsed.password is not None:
-        problems.add(key, "must not contain a user name or password")
+    if url:
+        _http_url(url, "guides.web_client_url", problems,
+                  "must be an http:// or https:// URL with a host, or empty",
+                  forbidden=" <>()[]\"'")
     return url
 
 

@@ -49,3 +49,16 @@ async def start_admin_login_bot(start_bot: Any, make_user: Any, synapse: Any,
     token = synapse.admin_access_token(admin.localpart, admin.password)
     bot: NerbotApp = await start_bot(admin_token=token, backup_check="admin-login", **options)
     return bot
+
+
+async def cross_signed(synapse: Any, user: Any, peer: Any) -> tuple[Any, Any]:
+    """Give the peer's account a cross-signing identity that signs the peer's device, as
+    current Element does at first login; returns the builder and the account for more."""
+    import asyncio
+
+    from nerbot.localdev.accounts import AccountBuilder
+
+    builder, account = AccountBuilder(synapse), adopt_peer(synapse, user, peer)
+    await asyncio.to_thread(builder.set_up_cross_signing, account)
+    await asyncio.to_thread(builder.sign_device, account, peer.device_id)
+    return builder, account

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from botdm import adopt_peer, open_dm, open_group, start_admin_login_bot
+from botdm import adopt_peer, cross_signed, open_dm, open_group, start_admin_login_bot
 
 from nerbot.app import NerbotApp
 from nerbot.localdev.accounts import AccountBuilder
@@ -104,9 +104,7 @@ async def test_new_device_checkpoint_detects_the_newly_signed_session(
     peer = await make_peer(user)
     room_id = await open_dm(peer, bot)
     await say(peer, bot, room_id, "!lang en")
-    builder, account = AccountBuilder(synapse), adopt_peer(synapse, user, peer)
-    await asyncio.to_thread(builder.set_up_cross_signing, account)
-    await asyncio.to_thread(builder.sign_device, account, peer.device_id)
+    builder, account = await cross_signed(synapse, user, peer)
 
     await say(peer, bot, room_id, "!platform mobile")
     first = await say(peer, bot, room_id, "!guide new-device")

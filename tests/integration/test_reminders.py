@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from botdm import adopt_peer, open_dm, open_group
+from botdm import cross_signed, open_dm, open_group
 
 from nerbot.app import NerbotApp
 from nerbot.config import parse_config
@@ -145,9 +145,7 @@ async def test_fixing_the_problem_stops_reminders_with_one_all_good_note(
     assert (await scan(bot)).queued == 1
     await peer.wait_for_message(room_id, sender=bot_id)
 
-    builder, account = AccountBuilder(synapse), adopt_peer(synapse, user, peer)
-    await asyncio.to_thread(builder.set_up_cross_signing, account)
-    await asyncio.to_thread(builder.sign_device, account, peer.device_id)
+    await cross_signed(synapse, user, peer)
     assert bot.hygiene is not None
     bot.hygiene.invalidate([user.user_id])  # (sync would too; not what this test is about)
     clock.advance(DAY_MS + 60_000)
@@ -221,9 +219,7 @@ async def test_new_sessions_alert_once_per_burst_and_identity_reset(
     bot = await start_bot(alerts={"enabled": True, "debounce_seconds": 2})
     bot_id = bot.config.matrix.user_id
     user, peer, room_id = await user_with_dm(bot, make_user, make_peer)
-    builder, account = AccountBuilder(synapse), adopt_peer(synapse, user, peer)
-    await asyncio.to_thread(builder.set_up_cross_signing, account)
-    await asyncio.to_thread(builder.sign_device, account, peer.device_id)
+    builder, account = await cross_signed(synapse, user, peer)
     assert bot.store is not None and bot.alerts is not None
     await bot.alerts.check(UserId(user.user_id), fresh=True)  # the baseline, whatever sync did
     assert peer.device_id in bot.store.known_devices(UserId(user.user_id))

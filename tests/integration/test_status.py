@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from botdm import adopt_peer, open_dm, open_group, start_admin_login_bot
+from botdm import cross_signed, open_dm, open_group, start_admin_login_bot
 
 from nerbot.app import NerbotApp
 
@@ -162,16 +162,13 @@ async def cross_signed_user_with_second_device(
     start_bot: Any, make_user: Any, make_peer: Any, synapse: Any, name: str
 ) -> tuple[NerbotApp, Any, str, Any, Any, Any]:
     """A user whose peer session is cross-signed, plus an unsigned second session ``name``."""
-    from nerbot.localdev.accounts import AccountBuilder
 
     bot = await start_bot()
     user = make_user()
     peer = await make_peer(user)
     room_id = await open_dm(peer, bot)
     await peer.ask(room_id, "!lang en", bot.config.matrix.user_id)
-    builder, account = AccountBuilder(synapse), adopt_peer(synapse, user, peer)
-    await asyncio.to_thread(builder.set_up_cross_signing, account)
-    await asyncio.to_thread(builder.sign_device, account, peer.device_id)
+    builder, account = await cross_signed(synapse, user, peer)
     extra = await asyncio.to_thread(builder.add_device, account, name)
     return bot, peer, room_id, builder, account, extra
 
@@ -215,7 +212,6 @@ async def test_key_storage_turned_off_on_purpose_is_respected(
     """Element's ``m.key_backup`` = ``{"enabled": false}`` silences backup, and says so."""
     import urllib.parse
 
-    from nerbot.localdev.accounts import AccountBuilder
 
     bot = await start_admin_login_bot(start_bot, make_user, synapse)
     user = make_user()
@@ -223,9 +219,7 @@ async def test_key_storage_turned_off_on_purpose_is_respected(
     room_id = await open_dm(peer, bot)
     await peer.ask(room_id, "!lang en", bot.config.matrix.user_id)
     # A signed identity, so backup and recovery are all that is left to flag.
-    builder, account = AccountBuilder(synapse), adopt_peer(synapse, user, peer)
-    await asyncio.to_thread(builder.set_up_cross_signing, account)
-    await asyncio.to_thread(builder.sign_device, account, peer.device_id)
+    await cross_signed(synapse, user, peer)
     text = await status(peer, bot, room_id)
     assert "Key backup: **off**" in text and "Send `!guide backup`" in text
     assert "You turned key storage off" not in text
@@ -247,16 +241,13 @@ async def test_recovery_is_the_finding_when_cross_signing_and_backup_exist(
 ) -> None:
     """Current Element makes the identity and the backup by itself: what people still lack
     is recovery (``m.secret_storage.default_key``), and with the admin token the bot sees it."""
-    from nerbot.localdev.accounts import AccountBuilder
 
     bot = await start_admin_login_bot(start_bot, make_user, synapse)
     user = make_user()
     peer = await make_peer(user)
     room_id = await open_dm(peer, bot)
     await peer.ask(room_id, "!lang en", bot.config.matrix.user_id)
-    builder, account = AccountBuilder(synapse), adopt_peer(synapse, user, peer)
-    await asyncio.to_thread(builder.set_up_cross_signing, account)
-    await asyncio.to_thread(builder.sign_device, account, peer.device_id)
+    builder, account = await cross_signed(synapse, user, peer)
     version = await asyncio.to_thread(builder.create_backup, account)
     text = await status(peer, bot, room_id)
     assert "Cross-signing identity: set up" in text
@@ -275,16 +266,13 @@ async def test_recovery_unseen_without_admin_token_is_said_plainly(
 ) -> None:
     """No admin token: recovery is not inferred from the identity; the report says it cannot
     see it and tells the person where to look in Element."""
-    from nerbot.localdev.accounts import AccountBuilder
 
     bot = await start_bot()
     user = make_user()
     peer = await make_peer(user)
     room_id = await open_dm(peer, bot)
     await peer.ask(room_id, "!lang en", bot.config.matrix.user_id)
-    builder, account = AccountBuilder(synapse), adopt_peer(synapse, user, peer)
-    await asyncio.to_thread(builder.set_up_cross_signing, account)
-    await asyncio.to_thread(builder.sign_device, account, peer.device_id)
+    builder, account = await cross_signed(synapse, user, peer)
     await asyncio.to_thread(builder.set_up_secret_storage, account)  # invisible to this bot
     text = await status(peer, bot, room_id)
     assert "Cross-signing identity: set up" in text
