@@ -84,10 +84,8 @@ class NerbotApp:
     async def start(self, first_sync_timeout: float = 120.0) -> None:
         quiet_libraries()  # whoever configured logging, nio must not log tokens
         config = self.config
-        # -- private data directory (nerbot.datadir): before anything is written to it --
-        restrict_umask()
+        restrict_umask()  # before anything is written to the data directory
         prepare_data_dir(config.storage.data_dir)  # or ConfigError: it cannot be made private
-        # -- end private data directory --
         store = self.store = Store(config.database_path)
         now = self.clock.now_ms()
         if store.get_meta(FIRST_START_META) is None:
@@ -101,13 +99,11 @@ class NerbotApp:
         )
         client = session.client
         http.access_token = session.access_token
-        # -- answered events: see Store.claim_event --
-        if not session.resumes_sync:
+        if not session.resumes_sync:  # see Store.claim_event
             # No stored sync position (crypto store new or recreated): the first sync brings
             # each room's latest events however old, which a claim kept a week may not cover;
             # as on the very first start, what came before this start is not for the bot.
             not_before = max(not_before, self.clock.now_ms())
-        # -- end answered events --
         self.identity = await self._when_reachable(
             lambda: ensure_identity(
                 http,

@@ -139,6 +139,7 @@ def _fingerprint(config: Config) -> int:
 
 
 async def _reset_identity(config: Config, confirmed: bool) -> int:
+    from nerbot.datadir import prepare_data_dir, restrict_umask
     from nerbot.matrix.crosssigning import fingerprint
     from nerbot.matrix.http import MatrixHttp
     from nerbot.matrix.identity import reset_identity
@@ -149,6 +150,8 @@ async def _reset_identity(config: Config, confirmed: bool) -> int:
     if not confirmed:
         print("Nothing changed. Run again with --yes to replace the identity.", file=sys.stderr)
         return EXIT_USAGE
+    restrict_umask()
+    prepare_data_dir(config.storage.data_dir)  # as the bot does at start: or ConfigError
     store = Store(config.database_path)
     session = await open_session(config, store)
     http = MatrixHttp(config.matrix.homeserver, session.access_token)

@@ -96,11 +96,10 @@ class _LibraryOutput(io.TextIOBase):
 async def open_session(config: Config, store: Store) -> MatrixSession:
     """Restore the stored session or log in (reusing the known device ID).
 
-    The data directory is made private first (or the start refused, ``ConfigError``) and again
-    at the end, for what simplematrixbotlib and nio created meanwhile: the crypto store
+    The caller made the data directory private before opening the store; it is made private
+    again at the end, for what simplematrixbotlib and nio created meanwhile: the crypto store
     directory (0750 by simplematrixbotlib), nio's database and its -wal/-shm, the session file.
     """
-    prepare_data_dir(config.storage.data_dir)
     creds = botlib.Creds(
         homeserver=config.matrix.homeserver,
         username=config.matrix.user_id,

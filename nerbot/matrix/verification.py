@@ -409,37 +409,53 @@ class VerificationService:
                 if ui is not None:
                     await ui.show_sas(user, action.emoji, action.decimals)
             elif isinstance(action, v.Verified):
-                signed = await self._trust(flow.their_user, action.device_id,
-                                           action.master_key, active.master_key)
-                self.store.verification_ended(flow.txn, "verified", self.clock.now_ms(),
-                                              device_id=action.device_id,
-                                              master_key_signed=signed)
-                ui = self._ui_for(user, active.open_dm)
-                if ui is not None:
-                    await ui.verified(user, action.device_id, signed)
+                await self._verified(flow.txn, user, action.device_id, action.master_key,
+                                     active.master_key, active.open_dm)
             elif isinstance(action, v.Cancelled):
                 if not active.recorded:  # it never started: nothing to record or tell
                     logger.debug("Verification request %s from %s not taken up: %s",
                                  flow.txn, user, action.code)
                     continue
-                result = "timeout" if action.code == v.TIMEOUT else "cancelled"
-                self.store.verification_ended(flow.txn, result, self.clock.now_ms(),
-                                              cancel_code=action.code)
-                ui = self._ui_for(user, active.open_dm)
-                if ui is not None:
-                    await ui.cancelled(user, action.code, action.by_us)
+                await self._cancelled(flow.txn, user, action.code, action.by_us,
+                                      active.open_dm)
         if flow.finished:
             self.active.pop(flow.txn, None)
 
+    async def _verified(self, txn: str, user: UserId, device_id: str, master_key_id: str | None,
+                        master_key: dict[str, Any] | None, open_dm: bool) -> None:
+        """Their MAC held: trust them, record it, tell them (as far as the DM rule allows)."""
+        signed = await self._trust(user, device_id, master_key_id, master_key)
+        self.store.verification_ended(txn, "verified", self.clock.now_ms(),
+                                      device_id=device_id, master_key_signed=signed)
+        ui = self._ui_for(user, open_dm)
+        if ui is not None:
+            await ui.verified(user, device_id, signed)
+
+    async def _cancelled(self, txn: str, user: UserId, code: str, by_us: bool,
+                         open_dm: bool) -> None:
+        """A verification that really started ended without success: record it, tell them."""
+        result = "timeout" if code == v.TIMEOUT else "cancelled"
+        self.store.verification_ended(txn, result, self.clock.now_ms(), cancel_code=code)
+        ui = self._ui_for(user, open_dm)
+        if ui is not None:
+            await ui.cancelled(user, code, by_us)
+
     async def _send(self, active: Active, event_type: str, content: dict[str, Any]) -> None:
         flow = active.flow
-        if active.transport == "in_room":
-            assert active.room_id is not None
-            content["m.relates_to"] = {"rel_type": "m.reference", "event_id": flow.txn}
-            await self.send_room(active.room_id, event_type, content)
+        assert active.transport == "to_device" or active.room_id is not None
+        await self._send_on(active.transport, flow.txn, flow.their_user, flow.their_device,
+                            active.room_id, event_type, content)
+
+    async def _send_on(self, transport: str, txn: str, user_id: str, device_id: str | None,
+                       room_id: str | None, event_type: str, content: dict[str, Any]) -> None:
+        """One verification event over its transport (adding the transport's field)."""
+        if transport == "in_room":
+            if not room_id:
+                return  # recorded before rooms were: nothing to address it to
+            content["m.relates_to"] = {"rel_type": "m.reference", "event_id": txn}
+            await self.send_room(RoomId(room_id), event_type, content)
         else:
-            await self._send_to_device(flow.their_user, flow.their_device or "*", flow.txn,
-                                       event_type, content)
+            await self._send_to_device(user_id, device_id or "*", txn, event_type, content)
 
     async def _send_to_device(self, user_id: str, device_id: str, txn: str, event_type: str,
                               content: dict[str, Any]) -> None:
@@ -539,41 +555,26 @@ class VerificationService:
                     resume = json.loads(str(row["resume"]))
                     for event_type, content in resume["sends"]:
                         await self._send_row(row, event_type, content)
-                    signed = await self._trust(user, str(row["device_id"]),
-                                               resume.get("master_key_id"),
-                                               resume.get("master_key"))
-                    self.store.verification_ended(str(row["txn"]), "verified",
-                                                  self.clock.now_ms(),
-                                                  master_key_signed=signed)
+                    await self._verified(str(row["txn"]), user, str(row["device_id"]),
+                                         resume.get("master_key_id"), resume.get("master_key"),
+                                         open_dm=False)
                     logger.info("Finished verification %s with %s after a restart",
                                 row["txn"], user)
-                    ui = self._ui_for(user, open_dm=False)
-                    if ui is not None:
-                        await ui.verified(user, str(row["device_id"]), signed)
                     continue
                 await self._send_row(row, v.CANCEL, {"code": v.USER,
                                                      "reason": "The bot restarted."})
-                self.store.verification_ended(str(row["txn"]), "cancelled",
-                                              self.clock.now_ms(), cancel_code=v.USER)
+                await self._cancelled(str(row["txn"]), user, v.USER, True, open_dm=False)
                 logger.info("Cancelled verification %s with %s, interrupted by a restart",
                             row["txn"], user)
-                ui = self._ui_for(user, open_dm=False)
-                if ui is not None:
-                    await ui.cancelled(user, v.USER, True)
             except Exception:  # one interrupted verification must not stop the others
                 logger.exception("Could not end the interrupted verification %s", row["txn"])
 
     async def _send_row(self, row: dict[str, Any], event_type: str,
                         content: dict[str, Any]) -> None:
-        content = dict(content)
-        if row["transport"] == "in_room":
-            if not row["room_id"]:
-                return  # recorded before rooms were: nothing to address it to
-            content["m.relates_to"] = {"rel_type": "m.reference", "event_id": row["txn"]}
-            await self.send_room(RoomId(str(row["room_id"])), event_type, content)
-        else:
-            await self._send_to_device(str(row["user_id"]), str(row["device_id"]) or "*",
-                                       str(row["txn"]), event_type, content)
+        await self._send_on(str(row["transport"]), str(row["txn"]), str(row["user_id"]),
+                            str(row["device_id"]) or None,
+                            str(row["room_id"]) if row["room_id"] else None,
+                            event_type, dict(content))
 
     async def tick(self) -> None:
         now = self.clock.now_ms()
