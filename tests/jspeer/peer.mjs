@@ -479,8 +479,15 @@ const commands = {
     // (getKeyBackupInfo then answers from the check made before the backup existed); 43's
     // starts none. Await a check here.
     const check = await c.checkKeyBackupAndEnable();
+    // Readiness is judged from the client's copy of its account data, which the sync brings
+    // back after the upload: wait (up to 10 s) for that echo, as Element's UI does.
+    let ready = await c.isSecretStorageReady();
+    for (let i = 0; !ready && i < 100; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      ready = await c.isSecretStorageReady();
+    }
     return {
-      secret_storage_ready: await c.isSecretStorageReady(),
+      secret_storage_ready: ready,
       backup_version: check?.backupInfo?.version ?? null,
       backup_trusted: check?.trustInfo?.trusted ?? null,
       backup_active_version: await c.getActiveSessionBackupVersion(),
