@@ -127,6 +127,22 @@ class AlertService:
             logger.info("Checking %d user(s) whose alert check failed earlier", len(users))
             self.devices_changed(users)
 
+    def _record(self, user_id: UserId, decision: AlertDecision, now: int) -> None:
+        key = alert_key(user_id, decision)
+        queued = self.store.enqueue(OutboxMessage(
+            key=key, user_id=user_id, kind="alert", txn_id=alert_txn_id(key),
+            body=self.text.alert(user_id, decision, now), room_id=None, status="pending",
+            attempts=0, created_ms=now))
+        if not queued:
+            return
+        devices = [d.device_id for d in decision.new_unsigned]
+        if devices:
+            self.store.record_alert(user_id, "new_sessions", devices, now)
+        if decision.identity_reset:
+            self.store.record_alert(user_id, "identity_reset", [], now)
+        logger.info("Alert for %s: %d new unverified session(s)%s", user_id, len(devices),
+                    ", identity reset" if decision.identity_reset else "")
+
     async def check(self, user_id: UserId, fresh: bool = False,
                     facts: KeyFacts | None = None, deliver: bool = True
                     ) -> AlertDecision | None:
@@ -144,25 +160,15 @@ class AlertService:
         now = self.clock.now_ms()
         decision = review_sessions(self.store.known_devices(user_id),
                                    self.store.known_master_key(user_id), facts)
-        if decision.alert and self.enabled and not self.store.alerts_off(user_id):
-            key = alert_key(user_id, decision)
-            body = self.text.alert(user_id, decision, now)
-            queued = self.store.enqueue(OutboxMessage(
-                key=key, user_id=user_id, kind="alert", txn_id=alert_txn_id(key), body=body,
-                room_id=None, status="pending", attempts=0, created_ms=now))
-            if queued:
-                devices = [d.device_id for d in decision.new_unsigned]
-                if devices:
-                    self.store.record_alert(user_id, "new_sessions", devices, now)
-                if decision.identity_reset:
-                    self.store.record_alert(user_id, "identity_reset", [], now)
-                logger.info("Alert for %s: %d new unverified session(s)%s", user_id,
-                            len(devices), ", identity reset" if decision.identity_reset else "")
-        # Remember only after the alert is recorded: a crash in between re-alerts, never loses.
-        if decision.remember_devices:
-            self.store.remember_devices(user_id, decision.remember_devices, now)
-        if decision.remember_master_key is not None:
-            self.store.remember_master_key(user_id, decision.remember_master_key, now)
+        # One commit: a crash leaves the alert queued and counted, or neither and the sessions
+        # not yet remembered (the next check decides again), never half of it.
+        with self.store.transaction():
+            if decision.alert and self.enabled and not self.store.alerts_off(user_id):
+                self._record(user_id, decision, now)
+            if decision.remember_devices:
+                self.store.remember_devices(user_id, decision.remember_devices, now)
+            if decision.remember_master_key is not None:
+                self.store.remember_master_key(user_id, decision.remember_master_key, now)
         if decision.alert and deliver:
             await self.outbox.deliver()
         return decision

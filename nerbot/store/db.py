@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -99,6 +100,16 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Several of the methods below as one commit (they nest as savepoints inside it).
+
+        For writes that must survive a crash together or not at all: a recorded alert and the
+        record counting it, or everything one scan learns about one person.
+        """
+        with self.db.atomic():
+            yield
 
     def _table(self, name: str) -> Table:
         """One ``Table`` per name: ``db[name]`` asks SQLite for the list of views each time."""

@@ -259,7 +259,10 @@ function nextIncoming(timeoutMs) {
 function dropStalled(events) {
   if (!stalled) return events;
   const kept = events.filter((ev) => !String(ev.type ?? "").startsWith(VERIFICATION_PREFIX));
-  if (kept.length !== events.length) log(`stalled: dropped ${events.length - kept.length} to-device verification event(s)`);
+  if (kept.length !== events.length) {
+    log(`stalled: dropped ${events.length - kept.length} to-device verification event(s)`);
+    emit("stall_dropped", { transport: "to-device", count: events.length - kept.length });
+  }
   return kept;
 }
 
@@ -293,6 +296,7 @@ function installStallFilter(rustCrypto) {
   rustCrypto.onKeyVerificationEvent = async (event) => {
     if (stalled) {
       log("stalled: dropped in-room verification event", event.getType());
+      emit("stall_dropped", { transport: "room", count: 1 });
       return;
     }
     return onRoomEvent(event);

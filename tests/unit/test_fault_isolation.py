@@ -150,3 +150,34 @@ async def test_alert_retries_are_bounded() -> None:
     await until(lambda: len(keys.asked) >= 2 and B not in alerts._tries)
     assert len(keys.asked) == alert_service.MAX_RETRIES + 1 and alerts._tries == {}
     await runner.stop()
+
+
+class CrashingStore(Store):
+    """Dies between queuing an alert and counting it, as a SIGKILL there would."""
+
+    crash = True
+
+    def record_alert(self, user_id: UserId, kind: str, devices: Iterable[str],
+                     now_ms: int) -> None:
+        if self.crash:
+            raise RuntimeError("killed here")
+        super().record_alert(user_id, kind, devices, now_ms)
+
+
+async def test_an_alert_is_queued_and_counted_together_or_not_at_all() -> None:
+    store, runner = CrashingStore(":memory:"), TaskRunner()
+    alerts = AlertService(store, Keys(down=set()), Text(), Outbox(), Clock(), runner,  # type: ignore[arg-type]
+                          UserId("@bot:hs"), debounce_seconds=0)
+    store.remember_devices(A, ["OLD"], 1)
+    store.remember_master_key(A, "M", 1)
+    with pytest.raises(RuntimeError, match="killed here"):
+        await alerts.check(A)
+    # Nothing of the decision stuck: no message, no count, the new session not remembered.
+    assert store.outbox() == [] and store.alerts() == []
+    assert set(store.known_devices(A)) == {"OLD"}
+    store.crash = False  # "after the restart" the same check decides again and records it all
+    await alerts.check(A)
+    assert [m.user_id for m in store.pending_messages()] == [A]
+    assert [(r["kind"], r["devices"]) for r in store.alerts()] == [("new_sessions", "N2")]
+    assert set(store.known_devices(A)) == {"OLD", "N2"}
+    await runner.stop()
