@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from nerbot.domain.alerts import AlertDecision, alert_key, alert_txn_id, review_sessions
@@ -57,6 +57,8 @@ class AlertService:
         self.retry_seconds = RETRY_SECONDS
         self._waiting: set[str] = set()
         self._tries: dict[str, int] = {}  # failed checks per user since their last success
+        # (user, when): new unverified sessions of theirs were counted (the alarm's threshold)
+        self.on_new_sessions: Callable[[UserId, int], None] | None = None
         self._parked: set[str] = set()  # out of tries: checked again on retry_now
 
     def devices_changed(self, user_ids: Iterable[str]) -> None:
@@ -127,21 +129,29 @@ class AlertService:
             logger.info("Checking %d user(s) whose alert check failed earlier", len(users))
             self.devices_changed(users)
 
-    def _record(self, user_id: UserId, decision: AlertDecision, now: int) -> None:
-        key = alert_key(user_id, decision)
-        queued = self.store.enqueue(OutboxMessage(
-            key=key, user_id=user_id, kind="alert", txn_id=alert_txn_id(key),
-            body=self.text.alert(user_id, decision, now), room_id=None, status="pending",
-            attempts=0, created_ms=now))
-        if not queued:
-            return
+    def _record(self, user_id: UserId, decision: AlertDecision, now: int, send: bool) -> None:
+        """Queue the person's alert (if they get alerts) and count it for the admins (always:
+        the report and the alarms watch logins whatever the person chose). Runs in the
+        check's transaction, so a replay finds the sessions remembered and counts nothing
+        twice."""
+        if send:
+            key = alert_key(user_id, decision)
+            queued = self.store.enqueue(OutboxMessage(
+                key=key, user_id=user_id, kind="alert", txn_id=alert_txn_id(key),
+                body=self.text.alert(user_id, decision, now), room_id=None, status="pending",
+                attempts=0, created_ms=now))
+            if not queued:
+                return
         devices = [d.device_id for d in decision.new_unsigned]
         if devices:
             self.store.record_alert(user_id, "new_sessions", devices, now)
+            if self.on_new_sessions is not None:  # too many in a day: the admins' alarm
+                self.on_new_sessions(user_id, now)
         if decision.identity_reset:
             self.store.record_alert(user_id, "identity_reset", [], now)
-        logger.info("Alert for %s: %d new unverified session(s)%s", user_id, len(devices),
-                    ", identity reset" if decision.identity_reset else "")
+        logger.info("Alert for %s: %d new unverified session(s)%s%s", user_id, len(devices),
+                    ", identity reset" if decision.identity_reset else "",
+                    "" if send else " (alerts off: counted, not sent)")
 
     async def check(self, user_id: UserId, fresh: bool = False,
                     facts: KeyFacts | None = None, deliver: bool = True
@@ -163,8 +173,9 @@ class AlertService:
         # One commit: a crash leaves the alert queued and counted, or neither and the sessions
         # not yet remembered (the next check decides again), never half of it.
         with self.store.transaction():
-            if decision.alert and self.enabled and not self.store.alerts_off(user_id):
-                self._record(user_id, decision, now)
+            if decision.alert:
+                self._record(user_id, decision, now,
+                             send=self.enabled and not self.store.alerts_off(user_id))
             if decision.remember_devices:
                 self.store.remember_devices(user_id, decision.remember_devices, now)
             if decision.remember_master_key is not None:

@@ -7,38 +7,45 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from nerbot.alarm_service import AlarmService
 from nerbot.alert_service import AlertService
 from nerbot.clock import SystemClock
 from nerbot.commands.basic import basic_commands
 from nerbot.commands.guide import GuideConversation, guide_commands
 from nerbot.commands.registry import CommandRegistry, CommandRouter, IncomingText
 from nerbot.commands.remind import MessageText, remind_commands
+from nerbot.commands.report import report_commands
 from nerbot.commands.status import status_commands
 from nerbot.commands.verify import VerificationConversation, verify_commands
 from nerbot.config import Config
 from nerbot.datadir import prepare_data_dir, restrict_umask
+from nerbot.domain.admin_trust import AdminCheck, check_admin_session
 from nerbot.domain.assessment import AssessmentPolicy
+from nerbot.domain.community import CommunityReport, day_of
 from nerbot.domain.verification import VerificationLimits
+from nerbot.errors import ConfigError, FactsUnavailable
 from nerbot.guides import load_library
 from nerbot.hygiene import HygieneService
 from nerbot.i18n import Catalog
 from nerbot.i18n.catalog import load_sas_emoji
 from nerbot.ids import EventId, RoomId, UserId, server_of
 from nerbot.logs import quiet_libraries
-from nerbot.matrix.admin import AdminProbe
+from nerbot.matrix.admin import AdminProbe, lift_ratelimit_request, override_text
 from nerbot.matrix.crosssigning import CrossSigningKeys, fingerprint
 from nerbot.matrix.events import EventRouter
 from nerbot.matrix.http import MatrixHttp
 from nerbot.matrix.identity import IdentityResult, ensure_identity
-from nerbot.matrix.keys import KeyDirectory, user_exists
+from nerbot.matrix.keys import FETCH_ERRORS, KeyDirectory, user_exists
 from nerbot.matrix.reachability import UNREACHABLE_ERRORS, Recovery, versions_probe
 from nerbot.matrix.session import MatrixSession, open_session
 from nerbot.matrix.syncer import SyncLoop
 from nerbot.matrix.transport import MatrixTransport
 from nerbot.matrix.verification import VerificationService
+from nerbot.metrics import BotMetrics, MetricsServer, StateSources
 from nerbot.outbox import OutboxSender
 from nerbot.ports import Clock
-from nerbot.reminder_service import ReminderService
+from nerbot.reminder_service import LAST_SCAN_META, ReminderService
+from nerbot.report_service import RATE_LIMITED_META, collect_report, snapshot_today
 from nerbot.runner import TaskRunner
 from nerbot.store import Store
 
@@ -73,10 +80,16 @@ class NerbotApp:
         self.admin_probe: AdminProbe | None = None
         self.outbox: OutboxSender | None = None
         self.alerts: AlertService | None = None
+        self.alarms: AlarmService | None = None
         self.reminders: ReminderService | None = None
         self.text: MessageText | None = None
         self.syncer: SyncLoop | None = None
         self.recovery: Recovery | None = None
+        # Does Synapse rate-limit the bot's account? None: not known (no admin token, or the
+        # check failed); False: exempt (override with rate 0); True: limits apply.
+        self.rate_limited: bool | None = None
+        self.metrics = BotMetrics()  # counted always; served only with [metrics] listen
+        self.metrics_server: MetricsServer | None = None
         self._stopped = asyncio.Event()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -119,12 +132,16 @@ class NerbotApp:
 
         transport = self.transport = MatrixTransport(client, http, store, self.clock)
         hygiene = self.hygiene = self._build_hygiene(http)
+        await self._exempt_from_rate_limits()
+        if self.rate_limited is not None:  # for `nerbot report` on a stopped bot
+            store.set_meta(RATE_LIMITED_META, "limited" if self.rate_limited else "exempt")
         registry = CommandRegistry()
         registry.extend(
             basic_commands(registry, store, self.clock.now_ms, self.master_fingerprint)
         )
-        registry.extend(status_commands(hygiene, config.is_admin,
-                                        lambda user: user_exists(http, user)))
+        registry.extend(status_commands(hygiene, lambda user: user_exists(http, user)))
+        registry.extend(report_commands(self.community_report, list(config.bot.admins),
+                                        config.admin.room))
         guides = self.guides = GuideConversation(load_library(), store, hygiene, transport,
                                                  self.catalog, self.clock.now_ms,
                                                  config.guides.web_client_url)
@@ -137,8 +154,8 @@ class NerbotApp:
         registry.extend(remind_commands(store, hygiene, reminders.decision_for, self.text,
                                         self.clock.now_ms))
         self.router = CommandRouter(
-            registry, self.catalog, transport, store.get_language, config.is_admin,
-            interpret=guides.interpret,
+            registry, self.catalog, transport, store.get_language, self._check_admin,
+            interpret=guides.interpret, metrics=self.metrics,
         )
         events = self.events = EventRouter(
             client,
@@ -160,6 +177,8 @@ class NerbotApp:
         self.runner.spawn(syncer.run(), name="sync")
         self.runner.every(UNDECRYPTABLE_RETRY_SECONDS, events.hold.retry, name="undecryptable")
         await asyncio.wait_for(syncer.first_sync.wait(), first_sync_timeout)
+        if config.metrics.listen:
+            await self._serve_metrics(store, syncer)
         self.runner.every(RETENTION_EVERY_SECONDS, self._prune, name="retention")
         if config.reminders.enabled:
             reminders.start()  # delivers what a crash left pending, then scans if one is due
@@ -168,12 +187,17 @@ class NerbotApp:
             self.runner.spawn(self.outbox.deliver(), name="outbox at start")
         self.runner.spawn(verifier.end_interrupted(), name="end interrupted verifications")
         self.runner.spawn(guides.resend_unsent(), name="guide steps a crash kept back")
+        self.runner.spawn(self._check_own_account(), name="own account")
+        if self.alarms is not None:
+            self.alarms.check_room()  # says at once if the admin room cannot take alarms
         logger.info("nerbot is running as %s (device %s)", client.user_id, client.device_id)
 
     async def stop(self) -> None:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.metrics_server is not None:  # first: its gauges read the store
+            await self.metrics_server.stop()
         if self.reminders is not None:
             await self.reminders.stop()
         if self.syncer is not None:
@@ -201,8 +225,58 @@ class NerbotApp:
                                concurrency=config.synapse_admin.concurrency)
         policy = AssessmentPolicy(stale_after_days=config.assessment.stale_after_days)
         home = server_of(config.matrix.user_id)
+        assert self.store is not None
         return HygieneService(self.directory, admin, policy, self.clock,
-                              is_local=lambda user_id: server_of(user_id) == home)
+                              is_local=lambda user_id: server_of(user_id) == home,
+                              record=self.store.record_assessments)
+
+    async def _exempt_from_rate_limits(self) -> None:
+        """Check Synapse's rate-limit override for the bot and, unless switched off, set it
+        to 0/0 (no limits): Synapse's defaults throttle the bot like one person typing.
+
+        Sets ``rate_limited``. One log line says what was found or done; every failure is a
+        WARNING with the request a server admin can run instead, and never stops the bot.
+        """
+        config = self.config
+        bot = config.matrix.user_id
+        request = lift_ratelimit_request(config.matrix.homeserver, bot)
+        probe = self.admin_probe
+        if probe is None:
+            self.rate_limited = None
+            logger.warning("Synapse rate limits: not checked (no synapse_admin.token); with "
+                           "Synapse's defaults the bot is throttled like one person (8 people "
+                           "asking at once wait 25 s instead of 0.35 s). A server admin lifts "
+                           "them for the bot with: %s", request)
+            return
+        step = "check the bot's override"
+        try:
+            found = await probe.ratelimit_override(bot)
+            if found is not None and found.unlimited:
+                self.rate_limited = False
+                logger.info("Synapse rate limits: the bot is exempt (%s, set before)",
+                            override_text(found))
+                return
+            self.rate_limited = True
+            if not config.synapse_admin.exempt_bot_from_ratelimit:
+                logger.warning("Synapse rate limits apply to the bot (%s) and "
+                               "synapse_admin.exempt_bot_from_ratelimit is false; a server "
+                               "admin lifts them with: %s", override_text(found), request)
+                return
+            step = f"lift them ({override_text(found)})"
+            now = await probe.lift_ratelimit(bot)
+        except Exception as exc:  # a start-up check must never stop the bot
+            logger.warning("Synapse rate limits: could not %s: %s; a server admin lifts them "
+                           "for the bot with: %s", step, str(exc) or type(exc).__name__,
+                           request)
+            return
+        if now is None or not now.unlimited:
+            logger.warning("Synapse rate limits: could not %s: Synapse stored %s; a server "
+                           "admin lifts them for the bot with: %s", step, override_text(now),
+                           request)
+            return
+        self.rate_limited = False
+        logger.info("Synapse rate limits: lifted for the bot (was %s; override now %s)",
+                    override_text(found), now)
 
     def _build_outreach(self, store: Store, transport: MatrixTransport) -> ReminderService:
         """Reminders and alerts, sharing one text source and one exactly-once outbox."""
@@ -210,7 +284,8 @@ class NerbotApp:
         assert self.hygiene is not None and self.directory is not None
         text = self.text = MessageText(self.catalog, store, config.reminders.policy.zone)
         outbox = self.outbox = OutboxSender(store, transport, self.clock.now_ms,
-                                            config.reminders.max_sends_per_minute)
+                                            config.reminders.max_sends_per_minute,
+                                            metrics=self.metrics)
         directory = self.directory
         alerts = self.alerts = AlertService(
             store, directory, text, outbox, self.clock, self.runner, config.matrix.user_id,
@@ -220,10 +295,18 @@ class NerbotApp:
             return await alerts.check(user_id, facts=directory.cached(user_id), deliver=False)
 
         self.reminders = ReminderService(config.reminders, store, self.hygiene, self._audience,
-                                         text, outbox, self.clock, observe_keys=observe)
+                                         text, outbox, self.clock, observe_keys=observe,
+                                         on_scanned=self._scanned)
+        alarms = self.alarms = AlarmService(
+            store, self.catalog, config.bot.language, self.clock, config.admin.room,
+            self._room_state, deliver=self._deliver_soon,
+            logins_per_day=config.admin.unverified_logins_per_day, counted=self.metrics.alarm)
+        alerts.on_new_sessions = alarms.sessions_counted
         return self.reminders
 
     def _on_devices_changed(self, user_ids: list[str]) -> None:
+        if self.config.matrix.user_id in user_ids:  # the bot's own account: is it still ours?
+            self.runner.spawn(self._check_own_account(), name="own account")
         if self.hygiene is not None:
             self.hygiene.invalidate(user_ids)
         if self.alerts is not None:
@@ -255,12 +338,107 @@ class NerbotApp:
             limits=VerificationLimits(config.verification.max_per_hour,
                                       config.verification.max_cancels_per_hour),
             send_room=lambda room, kind, content: transport.send_content(room, content, kind),
+            metrics=self.metrics,
         )
         conversation = VerificationConversation(transport, self.catalog, load_sas_emoji(),
                                                 store.get_language)
         conversation.on_verified.append(on_verified)
         verifier.ui = conversation
+        verifier.on_mismatch = lambda user, txn, transport, code: (
+            self.alarms.mismatch(user, txn, transport, code) if self.alarms else None)
         return verifier
+
+    async def _serve_metrics(self, store: Store, syncer: SyncLoop) -> None:
+        """``/metrics`` and ``/health`` on ``[metrics] listen``; a taken port stops the start."""
+        settings = self.config.metrics
+
+        def seconds_since_scan() -> float | None:
+            last = store.get_meta(LAST_SCAN_META)
+            return None if last is None else max(0, self.clock.now_ms() - int(last)) / 1000
+
+        self.metrics.watch(StateSources(
+            people=store.hygiene_state_counts,
+            outbox_pending=store.pending_count,
+            seconds_since_sync=syncer.seconds_since_success,
+            seconds_since_scan=seconds_since_scan,
+            rate_limited=lambda: self.rate_limited,
+        ))
+        server = MetricsServer(self.metrics, settings.host, settings.port,
+                               syncer.seconds_since_success,
+                               settings.health_max_sync_age_seconds,
+                               rate_limited=lambda: self.rate_limited)
+        try:
+            await server.start()
+        except OSError as exc:
+            raise ConfigError([("metrics.listen", f"cannot listen on {settings.listen}: "
+                                f"{exc.strerror or exc}")]) from None
+        self.metrics_server = server
+
+    # -- operators: report, admin trust, alarms --------------------------------------------
+
+    def community_report(self) -> CommunityReport:
+        assert self.store is not None
+        now = self.clock.now_ms()
+        if not self.store.daily_snapshots([day_of(now)]):
+            snapshot_today(self.store, now)
+        return collect_report(self.store, now, self.config.bot.admins, self.rate_limited)
+
+    def _scanned(self, users: list[UserId]) -> None:
+        """After a full scan: people no longer served drop out; today's numbers are kept."""
+        assert self.store is not None
+        gone = self.store.forget_assessments_except(users)
+        if gone:
+            logger.info("Report: %d people no longer served left the numbers", gone)
+        snapshot_today(self.store, self.clock.now_ms())
+
+    async def _check_admin(self, user_id: UserId, sender_key: str | None) -> AdminCheck:
+        """An admin command is taken only from a session the admin's own identity signed."""
+        if not self.config.is_admin(user_id):
+            return AdminCheck.NOT_ADMIN
+        assert self.directory is not None
+        result = AdminCheck.NOT_ENCRYPTED
+        for fresh in (False, True):  # a session made a moment ago may not be cached yet
+            facts = (await self.directory.facts([user_id], fresh=fresh)).get(user_id)
+            if facts is None:
+                raise FactsUnavailable(user_id)
+            result = check_admin_session(True, sender_key, facts)
+            if result in (AdminCheck.TRUSTED, AdminCheck.NOT_ENCRYPTED):
+                break
+        return result
+
+    def _room_state(self, room_id: RoomId) -> str:
+        assert self.session is not None
+        client = self.session.client
+        if room_id in client.invited_rooms:
+            return "invited"
+        room = client.rooms.get(room_id)
+        if room is None or self.config.matrix.user_id not in room.users:
+            return "absent"
+        return "encrypted" if room.encrypted else "unencrypted"
+
+    def _deliver_soon(self) -> None:
+        if self.outbox is not None:
+            self.runner.spawn(self.outbox.deliver(), name="outbox for an alarm")
+
+    async def _check_own_account(self) -> None:
+        """Sessions of the bot's account other than its own, or an identity not its own,
+        mean someone else has the bot's password: the admins' loudest alarm."""
+        assert self.http is not None and self.session is not None
+        assert self.identity is not None and self.directory is not None
+        if self.alarms is None:
+            return
+        bot = self.config.matrix.user_id
+        try:
+            _, response = await self.http.request("GET", "/_matrix/client/v3/devices")
+            facts = (await self.directory.facts([bot], fresh=True)).get(bot)
+        except FETCH_ERRORS as exc:
+            logger.warning("Could not check the bot's own sessions: %s", exc)
+            return
+        devices = {str(d.get("device_id")): d.get("display_name")
+                   for d in response.get("devices", []) if isinstance(d, dict)}
+        self.alarms.own_account(bot, self.session.device_id, devices,
+                                facts.master_key if facts is not None else None,
+                                self.identity.master_key)
 
     async def _prune(self) -> None:
         """Old records go (``Store.prune`` says which; pending messages never)."""
@@ -300,11 +478,13 @@ class NerbotApp:
     # -- handlers ---------------------------------------------------------------------------
 
     async def _on_message(
-        self, room_id: RoomId, sender: UserId, event_id: EventId, body: str, is_dm: bool
+        self, room_id: RoomId, sender: UserId, event_id: EventId, body: str, is_dm: bool,
+        sender_key: str | None,
     ) -> None:
         assert self.router is not None and self.store is not None
         self.store.touch_user(sender, self.clock.now_ms())
-        await self.router.handle(IncomingText(sender, room_id, event_id, body, is_dm))
+        await self.router.handle(IncomingText(sender, room_id, event_id, body, is_dm,
+                                              sender_key))
 
     async def _on_joined(self, room_id: RoomId, inviter: UserId, is_direct: bool) -> None:
         assert self.transport is not None and self.store is not None

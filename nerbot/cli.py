@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     reset = with_config("reset-identity", "replace the bot's cross-signing keys (asks first)")
     reset.add_argument("--yes", action="store_true", help="confirm the replacement")
     with_config("fingerprint", "print the bot's master-key fingerprint to publish")
+    report = with_config("report", "the community's encryption report, from the bot's database "
+                         "(works while the bot is stopped; needs no password)")
+    report.add_argument("--json", action="store_true",
+                        help="the stable JSON document (README: \"The report\")")
+    report.add_argument("--lang", choices=("zh", "en"), default=None,
+                        help="language of the text report (default: bot.language)")
     demo = sub.add_parser(
         "demo",
         help="start a throw-away local Synapse, the bot and a demo user, and show them talking",
@@ -87,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from nerbot.localdev.demo import run_demo
 
             return asyncio.run(run_demo(args.workdir, args.port, print, args.exit_after_reply))
+        if args.command == "report":
+            return _report(load_config(args.config, os.environ, offline=True), args.json,
+                           args.lang)
         config = _load(args.config)
         if args.command == "run":
             return asyncio.run(_run(config))
@@ -123,6 +132,33 @@ async def _run(config: Config) -> int:
         return EXIT_LOGIN
     finally:
         await app.stop()
+    return EXIT_OK
+
+
+def _report(config: Config, as_json: bool, lang: str | None) -> int:
+    import json
+    import time
+
+    from nerbot.commands.report import render_community_report
+    from nerbot.i18n import Catalog
+    from nerbot.report_service import collect_report
+    from nerbot.store import Store
+
+    if not config.database_path.exists():
+        print(f"No database at {config.database_path}: the bot has not run with this "
+              "storage.data_dir yet.", file=sys.stderr)
+        return EXIT_CONFIG
+    store = Store(config.database_path)
+    try:
+        report = collect_report(store, int(time.time() * 1000), config.bot.admins)
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
+    else:
+        catalog = Catalog.load(default=config.bot.language)
+        print(render_community_report(catalog, lang or config.bot.language, report,
+                                      list(config.bot.admins)))
     return EXIT_OK
 
 

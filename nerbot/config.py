@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
+import re
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -22,10 +24,13 @@ from typing import Any, Final, Literal, cast
 from nerbot.domain.assessment import FindingKind
 from nerbot.domain.reminders import ReminderSettings, parse_duration, parse_time_of_day
 from nerbot.errors import ConfigError
-from nerbot.ids import UserId, is_server_name, is_user_id, server_of
+from nerbot.ids import RoomId, UserId, is_room_id, is_server_name, is_user_id, server_of
 
 PASSWORD_ENV: Final = "NERBOT_PASSWORD"
 ADMIN_TOKEN_ENV: Final = "NERBOT_ADMIN_TOKEN"
+METRICS_LISTEN_ENV: Final = "NERBOT_METRICS_LISTEN"
+# Seconds without a successful sync before /health says unhealthy (1 s to a day).
+HEALTH_MAX_SYNC_AGE_RANGE: Final = (1, 86400)
 LANGUAGES: Final = ("zh", "en")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 GRACE_RANGE: Final = (1, 3600)
@@ -85,6 +90,9 @@ class SynapseAdminConfig:
     # admin API (creates no device). Opt-in: it is a strong power, so operators must choose it.
     backup_check: Literal["off", "admin-login"] = "off"
     concurrency: int = 8
+    # Lift Synapse's rate limits for the bot's own account at start (admin API
+    # override_ratelimit 0/0): its defaults throttle the bot like one person typing.
+    exempt_bot_from_ratelimit: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,12 +132,45 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The operators' side: an encrypted room for alarms, and when logins are alarming.
+
+    ``room``: where alarms go (verification mismatches, too many new unverified sessions of
+    one person in a day, someone else in the bot's own account); None: alarms only in the log.
+    """
+
+    room: RoomId | None = None
+    unverified_logins_per_day: int = 1  # the seed article's threshold
+
+
+@dataclass(frozen=True, slots=True)
 class GuidesConfig:
     """The walkthroughs. ``web_client_url``: the community's own Element Web, where the phone
     path of ``verify-sessions`` sends people (Element X shows no full session list); "" means
     no link, never a public client that may be slow or unreachable from here."""
 
     web_client_url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Prometheus ``/metrics`` and ``/health`` on ``listen`` (``host:port``); "" means off.
+
+    ``health_max_sync_age_seconds``: ``/health`` answers 503 once the last successful sync is
+    older than this. An idle bot syncs every 30 s (the long poll), so keep it above that.
+    """
+
+    listen: str = ""
+    health_max_sync_age_seconds: int = 120
+
+    @property
+    def host(self) -> str:
+        """The address to bind (an IPv6 address without its brackets)."""
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +194,8 @@ class Config:
     reminders: RemindersConfig = RemindersConfig()
     alerts: AlertsConfig = AlertsConfig()
     guides: GuidesConfig = GuidesConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    admin: AdminConfig = AdminConfig()
     source: Path | None = None
 
     @property
@@ -201,7 +244,7 @@ _SCHEMA: Final[dict[str, dict[str, tuple[type, Any]]]] = {
         "undecryptable_grace_seconds": (int, 30),
     },
     "synapse_admin": {"token": (str, ""), "backup_check": (str, "off"),
-                      "concurrency": (int, 8)},
+                      "concurrency": (int, 8), "exempt_bot_from_ratelimit": (bool, True)},
     "assessment": {"stale_after_days": (int, 90)},
     "verification": {"max_per_hour": (int, 5), "max_cancels_per_hour": (int, 3)},
     "reminders": {
@@ -219,6 +262,8 @@ _SCHEMA: Final[dict[str, dict[str, tuple[type, Any]]]] = {
     },
     "alerts": {"enabled": (bool, True), "debounce_seconds": (int, 5)},
     "guides": {"web_client_url": (str, "")},
+    "admin": {"room": (str, ""), "unverified_logins_per_day": (int, 1)},
+    "metrics": {"listen": (str, ""), "health_max_sync_age_seconds": (int, 120)},
     "logging": {"level": (str, "INFO")},
 }
 
@@ -345,6 +390,43 @@ def _web_client_url(url: str, problems: _Problems) -> str:
     return url
 
 
+_HOST_NAME: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
+def _listen_host(host: str) -> bool:
+    """An IPv4 address, a host name, or an IPv6 address in brackets (``[::1]``)."""
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return ipaddress.ip_address(host[1:-1]).version == 6
+        except ValueError:
+            return False
+    if host.replace(".", "").isdigit():
+        try:
+            return ipaddress.ip_address(host).version == 4
+        except ValueError:
+            return False
+    return _HOST_NAME.fullmatch(host) is not None
+
+
+def _metrics(section: Mapping[str, Any], env: Mapping[str, str],
+             problems: _Problems) -> MetricsConfig:
+    """The ``[metrics]`` section; ``NERBOT_METRICS_LISTEN``, when set, overrides ``listen``."""
+    from_env = env.get(METRICS_LISTEN_ENV, "").strip()
+    listen = from_env or section["listen"].strip()
+    if listen:
+        host, colon, port = listen.rpartition(":")
+        if not colon or not _listen_host(host) or not port.isascii() or not port.isdigit() \
+                or not 1 <= int(port) <= 65535:
+            origin = f" (from {METRICS_LISTEN_ENV})" if from_env else ""
+            problems.add("metrics.listen", f'expected host:port like "127.0.0.1:9464" '
+                                           f'(port 1 to 65535), or "" for off{origin}')
+    age = section["health_max_sync_age_seconds"]
+    low, high = HEALTH_MAX_SYNC_AGE_RANGE
+    if not low <= age <= high:
+        problems.add("metrics.health_max_sync_age_seconds", f"must be between {low} and {high}")
+    return MetricsConfig(listen, age)
+
+
 def _secret(file_value: str, env: Mapping[str, str], env_name: str) -> str:
     """The environment wins when set and non-empty, so deployments can keep the file public."""
     return env.get(env_name, "") or file_value
@@ -422,7 +504,8 @@ def _reminders(r: Mapping[str, Any], token: str, problems: _Problems) -> Reminde
         max_sends_per_minute=r["max_sends_per_minute"], policy=policy)
 
 
-def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) -> Config:
+def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path,
+                 offline: bool = False) -> Config:
     """Validate a parsed TOML document; raise ConfigError listing every problem at once.
 
     ``env`` supplies NERBOT_PASSWORD / NERBOT_ADMIN_TOKEN (passed in, so tests need not touch
@@ -438,7 +521,7 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path)
     password = _secret(m["password"], env, PASSWORD_ENV)
     if "matrix.password" in problems.failed:
         pass  # wrong type already reported; "missing" would only repeat it
-    elif not password:
+    elif not password and not offline:  # offline: commands that never log in
         problems.add("matrix.password",
                      f"missing: set it here or in the environment variable {PASSWORD_ENV}")
     elif _is_placeholder(password):
@@ -493,6 +576,14 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path)
         problems.add("alerts.debounce_seconds", "must be between 1 and 300")
 
     web_client_url = _web_client_url(v["guides"]["web_client_url"], problems)
+    admin = v["admin"]
+    admin_room = admin["room"].strip()
+    if admin_room and not is_room_id(admin_room):
+        problems.add("admin.room", "not a room ID (expected !id:server; Element shows it in "
+                                   "the room's settings, Advanced)")
+    if not 1 <= admin["unverified_logins_per_day"] <= 1000:
+        problems.add("admin.unverified_logins_per_day", "must be between 1 and 1000")
+    metrics = _metrics(v["metrics"], env, problems)
 
     level = lg["level"].strip().upper()
     if level not in LOG_LEVELS:
@@ -510,17 +601,22 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path)
             undecryptable_grace_seconds=grace,
         ),
         synapse_admin=SynapseAdminConfig(
-            token or None, cast(Literal["off", "admin-login"], backup_check), a["concurrency"]),
+            token or None, cast(Literal["off", "admin-login"], backup_check), a["concurrency"],
+            a["exempt_bot_from_ratelimit"]),
         logging=LoggingConfig(level),
         assessment=AssessmentConfig(stale_days),
         verification=VerificationConfig(ver["max_per_hour"], ver["max_cancels_per_hour"]),
         reminders=reminders,
         alerts=AlertsConfig(alerts["enabled"], alerts["debounce_seconds"]),
         guides=GuidesConfig(web_client_url),
+        admin=AdminConfig(RoomId(admin_room) if admin_room else None,
+                          admin["unverified_logins_per_day"]),
+        metrics=metrics,
     )
 
 
-def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
+def load_config(path: Path, env: Mapping[str, str] | None = None,
+                offline: bool = False) -> Config:
     """Read and validate a config file; ``env`` defaults to the process environment.
 
     File-level failures (missing, unreadable, not TOML) are a single ``<file>`` problem, since
@@ -541,4 +637,5 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([(FILE_KEY, f"not valid TOML: {exc}")]) from None
     source = path.resolve()
-    return dataclasses.replace(parse_config(raw, environment, source.parent), source=source)
+    return dataclasses.replace(parse_config(raw, environment, source.parent, offline),
+                               source=source)

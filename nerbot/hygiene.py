@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from nerbot.domain.assessment import DAY_MS, AssessmentPolicy, UserReport, assess_user
+from nerbot.domain.community import HygieneRecord, hygiene_record
 from nerbot.domain.facts import AdminFacts, KeyFacts, combine
 from nerbot.errors import FactsUnavailable
 from nerbot.ports import Clock
@@ -48,7 +49,10 @@ class HygieneService:
         clock: Clock,
         admin_cache_ms: int = ADMIN_CACHE_MS,
         is_local: Callable[[str], bool] = lambda _user: True,
+        record: Callable[[list[HygieneRecord]], None] | None = None,
     ) -> None:
+        """``record``: keeps each new assessment for the community report (the store)."""
+        self.record = record
         self.keys = keys
         self.admin = admin
         self.is_local = is_local
@@ -111,6 +115,7 @@ class HygieneService:
         now = self.clock.now_ms()
         day = now // DAY_MS
         reports: dict[str, UserReport] = {}
+        new: list[HygieneRecord] = []
         for user_id in users:
             key_facts, admin_facts = keys.get(user_id), admin.get(user_id)
             if key_facts is None or user_id in admin_failed:
@@ -124,6 +129,10 @@ class HygieneService:
             report = assess_user(facts, self.policy, now)
             self._reports[user_id] = (key_facts, admin_facts, day, report)
             reports[user_id] = report
+            if report.exists:
+                new.append(hygiene_record(report, now))
+        if new and self.record is not None:  # an unchanged report was recorded before
+            self.record(new)
         return reports
 
     async def assess_one(self, user_id: str, fresh: bool = False) -> UserReport:

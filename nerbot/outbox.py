@@ -20,11 +20,15 @@ from typing import Protocol
 from nerbot.errors import NerbotError
 from nerbot.ids import RoomId, UserId
 from nerbot.matrix.reachability import UNREACHABLE_ERRORS
+from nerbot.metrics import BotMetrics
 from nerbot.store import OutboxMessage, Store
 
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
+# Kinds recorded with their room (the admin room's alarms); every other kind goes to the DM of
+# the person it is about.
+ROOM_KINDS = frozenset({"alarm"})
 # Messages in flight at once: opening a DM room takes ~0.4 s on Synapse, so one at a time
 # would cap delivery near 2/s whatever the ceiling; the pacer still bounds the send rate.
 WORKERS = 8
@@ -66,8 +70,9 @@ class OutboxSender:
     """Sends pending outbox messages; one delivery run at a time."""
 
     def __init__(self, store: Store, transport: DmTransport, now_ms: Callable[[], int],
-                 per_minute: int) -> None:
+                 per_minute: int, metrics: BotMetrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics
         self.transport = transport
         self.now_ms = now_ms
         self.pacer = Pacer(per_minute, lambda: asyncio.get_running_loop().time())
@@ -108,7 +113,10 @@ class OutboxSender:
     async def _send(self, message: OutboxMessage) -> bool:
         room = message.room_id
         try:
-            if room is None or not self.transport.dm_is_usable(room, message.user_id):
+            if message.kind in ROOM_KINDS:  # addressed to a room, not to the person's DM
+                if room is None:
+                    raise NerbotError(f"{message.kind} {message.key} has no room")
+            elif room is None or not self.transport.dm_is_usable(room, message.user_id):
                 room = await self.transport.ensure_dm(message.user_id)  # re-created if left
             self.store.message_attempt(message.key, room)
             await asyncio.sleep(self.pacer.delay())
@@ -121,6 +129,10 @@ class OutboxSender:
             # An unreachable homeserver says nothing about the message: never give up on it.
             if message.attempts + 1 >= MAX_ATTEMPTS and not isinstance(exc, UNREACHABLE_ERRORS):
                 self.store.message_failed(message.key)
+            if self.metrics is not None:
+                self.metrics.message(message.kind, sent=False)
             return False
         self.store.message_sent(message.key, event_id or "", self.now_ms())
+        if self.metrics is not None:
+            self.metrics.message(message.kind, sent=True)
         return True

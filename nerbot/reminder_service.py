@@ -75,7 +75,8 @@ class ReminderService:
                  audience: Callable[[], Awaitable[list[UserId]]], text: ReminderText,
                  outbox: OutboxSender, clock: Clock,
                  observe_keys: Callable[[UserId], Awaitable[object]] | None = None,
-                 monotonic: Callable[[], float] | None = None) -> None:
+                 monotonic: Callable[[], float] | None = None,
+                 on_scanned: Callable[[list[UserId]], None] | None = None) -> None:
         self.config = config
         self.store = store
         self.hygiene = hygiene
@@ -84,6 +85,7 @@ class ReminderService:
         self.outbox = outbox
         self.clock = clock
         self.observe_keys = observe_keys  # new-session detection for users sync doesn't cover
+        self.on_scanned = on_scanned  # everyone served was looked at (the report's snapshot)
         self.scheduler: Any = None
         self._monotonic = monotonic or time.monotonic
         self._running: set[asyncio.Task[Any]] = set()  # scheduled runs, cancelled on stop
@@ -145,6 +147,8 @@ class ReminderService:
         self.last_failed = stats.failed
         stats.scan_seconds = self._monotonic() - started
         self.store.set_meta(LAST_SCAN_META, str(self.clock.now_ms()))
+        if self.on_scanned is not None:
+            self.on_scanned(users)
         logger.log(logging.WARNING if stats.failed else logging.INFO,
                    "Reminder scan: %d users, %d queued, held %s, %d failed (%.1f s)",
                    stats.users, stats.queued, stats.held, stats.failed, stats.scan_seconds)

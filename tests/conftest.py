@@ -129,6 +129,24 @@ def remote_synapse(
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def default_limits_synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSynapse]:
+    """A Synapse with its default rate limits, as a new install has them (only logins per
+    address are raised: every test person logs in from 127.0.0.1). One per test module that
+    asks for it, stopped (by PID) at the module's end; it never federates, so it does not
+    compete with the session server for port 8448. Register users and get an admin token
+    through it as through ``synapse``."""
+    server = LocalSynapse(tmp_path_factory.mktemp("default-limits-synapse"),
+                          venv_dir=_venv_dir(), default_rate_limits=True)
+    _start(server)
+    try:
+        logger.warning("Synapse with default rate limits %s: start %.1f s", server.url,
+                       server.start_seconds)
+        yield server
+    finally:
+        server.stop()
+
+
 def _user_maker(server: LocalSynapse) -> MakeUser:
     def make(prefix: str = "u", admin: bool = False) -> TestUser:
         localpart = f"{prefix}-{uuid.uuid4().hex[:10]}"

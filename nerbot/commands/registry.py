@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
+from nerbot.domain.admin_trust import AdminCheck
 from nerbot.errors import FactsUnavailable
 from nerbot.i18n import Catalog, Language
 from nerbot.i18n.quote import quoted
 from nerbot.ids import EventId, RoomId, UserId, server_of
+from nerbot.metrics import UNKNOWN_COMMAND, BotMetrics
 from nerbot.ports import Messenger
 
 logger = logging.getLogger(__name__)
@@ -49,6 +52,20 @@ class CommandContext:
     args: tuple[str, ...]
     messenger: Messenger
     catalog: Catalog
+    sender_key: str | None = None  # the sending session's identity key (encrypted only)
+    check_admin: Callable[[UserId, str | None], Awaitable[AdminCheck]] | None = None
+
+    async def require_admin(self, refusal: str = "command.admin_only") -> bool:
+        """True if the sender is an admin writing from a session their identity signed;
+        otherwise answers why not (``refusal`` for someone who is no admin at all)."""
+        check = (AdminCheck.NOT_ADMIN if self.check_admin is None
+                 else await self.check_admin(self.sender, self.sender_key))
+        if check is AdminCheck.TRUSTED:
+            return True
+        if check is not AdminCheck.NOT_ADMIN:
+            logger.warning("Admin command from %s refused: %s", self.sender, check.value)
+        await self.reply(refusal if check is AdminCheck.NOT_ADMIN else f"admin.{check.value}")
+        return False
 
     def t(self, key: str, **params: object) -> str:
         return self.catalog.t(self.language, key, **params)
@@ -119,6 +136,7 @@ class IncomingText:
     event_id: EventId
     body: str
     is_dm: bool
+    sender_key: str | None = None  # set for a message that was decrypted
 
 
 class CommandRouter:
@@ -130,15 +148,17 @@ class CommandRouter:
         catalog: Catalog,
         messenger: Messenger,
         language_of: Callable[[UserId], str | None],
-        is_admin: Callable[[UserId], bool],
+        check_admin: Callable[[UserId, str | None], Awaitable[AdminCheck]],
         interpret: Callable[[IncomingText], str | None] | None = None,
+        metrics: BotMetrics | None = None,
     ) -> None:
         self.registry = registry
+        self.metrics = metrics
         self.interpret = interpret  # plain text that stands for a command ("好了" → "!next")
         self.catalog = catalog
         self.messenger = messenger
         self.language_of = language_of
-        self.is_admin = is_admin
+        self.check_admin = check_admin
 
     async def handle(self, message: IncomingText) -> bool:
         """Act on one message; True if it was a command (known or not)."""
@@ -158,25 +178,38 @@ class CommandRouter:
             args=parsed.args,
             messenger=self.messenger,
             catalog=self.catalog,
+            sender_key=message.sender_key,
+            check_admin=self.check_admin,
         )
         command = self.registry.get(parsed.name)
         if command is None:
+            self._count(UNKNOWN_COMMAND, "unknown")  # never what they typed: bounded labels
             await ctx.reply("command.unknown", name=quoted(PREFIX + parsed.name))
             return True
-        if command.admin_only and not self.is_admin(message.sender):
-            await ctx.reply("command.admin_only")
-            return True
+        started = time.perf_counter()
+        outcome = "ok"
         try:
+            if command.admin_only and not await ctx.require_admin():
+                self._count(command.name, "refused")
+                return True
             await command.handler(ctx)
         except UsageError:
+            outcome = "usage"
             await ctx.reply("command.usage", usage=ctx.t(command.usage_key))
         except FactsUnavailable as exc:  # their homeserver (or ours) did not answer: say so
+            outcome = "unavailable"
             logger.warning("Command %s from %s: facts of %s unavailable", command.name,
                            message.sender, exc.user_id)
             await ctx.reply("command.facts_unavailable", user=exc.user_id,
                             server=server_of(exc.user_id))
         except Exception:
+            outcome = "failed"
             ref = secrets.token_hex(4)
             logger.exception("Command %s failed (reference %s)", command.name, ref)
             await ctx.reply("command.failed", ref=ref)
+        self._count(command.name, outcome, time.perf_counter() - started)
         return True
+
+    def _count(self, name: str, outcome: str, seconds: float | None = None) -> None:
+        if self.metrics is not None:
+            self.metrics.command(name, outcome, seconds)

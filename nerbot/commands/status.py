@@ -21,7 +21,6 @@ class Assessor(Protocol):
 
 def status_commands(
     hygiene: Assessor,
-    is_admin: Callable[[str], bool],
     user_exists: Callable[[str], Awaitable[bool]],
 ) -> list[Command]:
     async def backup_status(ctx: CommandContext) -> None:
@@ -30,8 +29,7 @@ def status_commands(
         target = UserId(ctx.args[0]) if ctx.args else ctx.sender
         about_self = target == ctx.sender
         if not about_self:
-            if not is_admin(ctx.sender):
-                await ctx.reply("status.refused_other")
+            if not await ctx.require_admin(refusal="status.refused_other"):
                 return
             if not is_user_id(target):
                 await ctx.reply("status.not_a_user", arg=quoted(target))

@@ -26,6 +26,7 @@ class DeviceFacts:
     has_identity_keys: bool          # uploaded ed25519 + curve25519 keys (E2EE-capable)
     cross_signed: bool               # valid signature by the user's valid self-signing key
     last_seen_ms: int | None = None  # admin API only
+    curve25519: str | None = None    # its identity key: which session sent a message
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +94,7 @@ def combine(keys: KeyFacts, admin: AdminFacts | None, remote: bool = False) -> U
     if admin is not None:
         devices = tuple(
             DeviceFacts(d.device_id, d.display_name, d.has_identity_keys, d.cross_signed,
-                        admin.last_seen_ms.get(d.device_id))
+                        admin.last_seen_ms.get(d.device_id), d.curve25519)
             for d in devices
         )
     return UserFacts(

@@ -21,12 +21,13 @@ from typing import Any
 from nerbot.app import NerbotApp
 from nerbot.config import parse_config
 from nerbot.localdev.peer import E2EEPeer
-from nerbot.localdev.synapse import LocalSynapse
+from nerbot.localdev.synapse import LocalSynapse, SynapseError
 
 logger = logging.getLogger(__name__)
 
 BOT_LOCALPART = "nerbot"
 DEMO_LOCALPART = "demo"
+ADMIN_LOCALPART = "admin"
 DEFAULT_PORT = 8008
 
 
@@ -66,8 +67,8 @@ def _write_config(workdir: Path, homeserver: str, bot_user: str) -> Path:
     """A real config file, so the person can run ``nerbot run -c`` against the demo server."""
     path = workdir / "config.toml"
     path.write_text(
-        "# Written by `nerbot demo`. The password comes from NERBOT_PASSWORD (see\n"
-        "# demo-accounts.json, bot_password).\n"
+        "# Written by `nerbot demo`. The password comes from NERBOT_PASSWORD and the admin\n"
+        "# token from NERBOT_ADMIN_TOKEN (see demo-accounts.json: bot_password, admin_token).\n"
         f'[matrix]\nhomeserver = "{homeserver}"\nuser_id = "{bot_user}"\n'
         'device_name = "nerbot"\n'
         '[storage]\ndata_dir = "./bot-data"\n'
@@ -75,6 +76,29 @@ def _write_config(workdir: Path, homeserver: str, bot_user: str) -> Path:
         encoding="utf-8",
     )
     return path
+
+
+def _admin_token(synapse: LocalSynapse, accounts: dict[str, Any], workdir: Path) -> str:
+    """The demo server admin's access token, kept in demo-accounts.json (blocking).
+
+    The bot gets it as a deployment would (``NERBOT_ADMIN_TOKEN``): it lifts Synapse's rate
+    limits for itself at start and reads what only an admin sees. One login, reused by later
+    runs while it is valid.
+    """
+    token = accounts.get("admin_token")
+    if token:
+        try:
+            synapse.request("GET", "/_matrix/client/v3/account/whoami", token=str(token))
+            return str(token)
+        except SynapseError:
+            logger.info("Stored demo admin token is no longer valid; logging in again")
+    if not accounts.get("admin_password"):  # new, or a work dir from before the demo had one
+        accounts["admin_password"] = secrets.token_urlsafe(16)
+        synapse.register_user(ADMIN_LOCALPART, accounts["admin_password"], admin=True)
+    token = synapse.admin_access_token(ADMIN_LOCALPART, accounts["admin_password"])
+    accounts["admin_token"] = token
+    _save_accounts(workdir, accounts)
+    return token
 
 
 async def _demo_peer(
@@ -102,7 +126,9 @@ async def run_demo(
 ) -> int:
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    synapse = LocalSynapse(workdir / "synapse", port=port or _default_port())
+    # Synapse's default rate limits, as a new install has them; the bot lifts its own.
+    synapse = LocalSynapse(workdir / "synapse", port=port or _default_port(),
+                           default_rate_limits=True)
     peer: E2EEPeer | None = None
     app: NerbotApp | None = None
     try:
@@ -124,6 +150,7 @@ async def run_demo(
             accounts["registered"] = True
             _save_accounts(workdir, accounts)
 
+        admin_token = await asyncio.to_thread(_admin_token, synapse, accounts, workdir)
         config_path = _write_config(workdir, synapse.url, bot_user)
         config = parse_config(
             {
@@ -132,7 +159,7 @@ async def run_demo(
                 "storage": {"data_dir": "./bot-data"},
                 "bot": {"language": "zh"},
             },
-            {"NERBOT_PASSWORD": accounts["bot_password"]},
+            {"NERBOT_PASSWORD": accounts["bot_password"], "NERBOT_ADMIN_TOKEN": admin_token},
             workdir,
         )
         started = time.monotonic()
@@ -166,6 +193,10 @@ async def run_demo(
         report(f"  homeserver: {synapse.url}")
         report(f"  user:       {DEMO_LOCALPART}    password: {accounts['demo_password']}")
         report(f"  the bot:    {bot_user} (config: {config_path})")
+        report(f"  server admin: {ADMIN_LOCALPART}    password: {accounts['admin_password']}")
+        report("Synapse runs with its default rate limits, as installed; the bot "
+               + ("is exempt (its own override, set with the admin token)."
+                  if app.rate_limited is False else "could not lift them (see its log)."))
         if exit_after_reply:
             return 0
         report("Running; press Ctrl-C to stop the bot and the homeserver.")

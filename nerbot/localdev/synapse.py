@@ -73,6 +73,11 @@ _RATE_LIMITS: dict[str, Any] = {
     "rc_federation": {"window_size": 1000, "sleep_limit": 100_000, "sleep_delay": 1,
                       "reject_limit": 100_000, "concurrent": 1000},
 }
+# ``default_rate_limits``: Synapse's defaults, as a new install has them, for everything but
+# logins per address. Every person of a test logs in from 127.0.0.1, where a community's
+# people come from many addresses; the default (5, then one per 5.5 minutes) would refuse the
+# sixth. Per-account limits, which the bot's account meets, stay as installed.
+_LOOPBACK_RATE_LIMITS: dict[str, Any] = {"rc_login": {"address": _HIGH}}
 _SECRET_KEYS = ("registration_shared_secret", "macaroon_secret_key", "form_secret")
 
 DEFAULT_FEDERATION_PORT = 8448
@@ -247,6 +252,10 @@ class LocalSynapse:
     With ``federation_port`` the server also speaks federation (TLS, self-signed certificate)
     on that port, so tests can put people on two servers; see :meth:`remote`. Without it, as in
     the demo, the server talks to no other server.
+
+    Rate limits are raised out of the way unless ``default_rate_limits``: then Synapse's
+    defaults apply, as on a new install (only logins per address are raised, see
+    ``_LOOPBACK_RATE_LIMITS``).
     """
 
     def __init__(
@@ -256,8 +265,10 @@ class LocalSynapse:
         venv_dir: Path | None = None,
         server_name: str = "localhost",
         federation_port: int | None = None,
+        default_rate_limits: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self.default_rate_limits = default_rate_limits
         self.venv_dir = Path(venv_dir).resolve() if venv_dir else default_venv_dir().resolve()
         self.server_name = server_name
         self.federation_port = federation_port
@@ -367,7 +378,8 @@ class LocalSynapse:
         return {key: str(existing.get(key) or secrets.token_hex(32)) for key in _SECRET_KEYS}
 
     def write_config(self) -> None:
-        """Write ``homeserver.yaml`` for a loopback-only, SQLite, rate-limit-free server.
+        """Write ``homeserver.yaml`` for a loopback-only, SQLite server (rate-limit-free unless
+        ``default_rate_limits``).
 
         The file is JSON, which is valid YAML, so no YAML library is needed on our side. On a
         reused data dir the secrets are kept (changing ``macaroon_secret_key`` would invalidate
@@ -406,7 +418,7 @@ class LocalSynapse:
             # So a person in the demo can find the bot from Element's "start chat" search.
             "user_directory": {"enabled": True, "search_all_users": True},
             **self._secrets(),
-            **_RATE_LIMITS,
+            **(_LOOPBACK_RATE_LIMITS if self.default_rate_limits else _RATE_LIMITS),
             **self._federation_settings(),
         }
         fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

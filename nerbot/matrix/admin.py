@@ -9,10 +9,12 @@ concurrency, since Synapse serves about ten parallel requests per device.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 from nerbot.domain.facts import AdminFacts, BackupFacts, BackupState
 from nerbot.errors import MatrixRequestError
@@ -37,6 +39,57 @@ STORAGE_OPT_OUTS: tuple[tuple[str, str, bool], ...] = (
 
 def _quote(user_id: str) -> str:
     return urllib.parse.quote(user_id, safe="")
+
+
+# Synapse's per-user rate-limit override. A rate of 0 switches off every limiter that knows
+# the user (messages, joins, invites, room creation, ...), whatever the burst says.
+RATELIMIT_OVERRIDE_PATH = "/_synapse/admin/v1/users/{}/override_ratelimit"
+UNLIMITED: Final[dict[str, int]] = {"messages_per_second": 0, "burst_count": 0}
+RATELIMIT_TIMEOUT_SECONDS = 10.0  # a start-up check: never hold the bot up for long
+
+
+@dataclass(frozen=True, slots=True)
+class RatelimitOverride:
+    """What ``GET .../override_ratelimit`` answered when an override is set."""
+
+    messages_per_second: float
+    burst_count: int
+
+    @property
+    def unlimited(self) -> bool:
+        """Synapse's own rule (``Ratelimiter.can_do_action``): a zero rate means no limits."""
+        return not self.messages_per_second
+
+    def __str__(self) -> str:
+        return f"{self.messages_per_second:g}/s, burst {self.burst_count}"
+
+
+def override_text(found: RatelimitOverride | None) -> str:
+    """An override for a log line: ``no override`` or ``override 0.2/s, burst 10``."""
+    return "no override" if found is None else f"override {found}"
+
+
+def ratelimit_override_path(user_id: str) -> str:
+    return RATELIMIT_OVERRIDE_PATH.format(_quote(user_id))
+
+
+def lift_ratelimit_request(homeserver: str, user_id: str) -> str:
+    """The request an operator runs to exempt ``user_id`` (the token is left as a blank)."""
+    body = json.dumps(UNLIMITED, separators=(",", ":"))
+    url = homeserver.rstrip("/") + ratelimit_override_path(user_id)
+    return (f"curl -X POST -H \"Authorization: Bearer <admin token>\" -d '{body}' {url}")
+
+
+def _override(body: Mapping[str, Any]) -> RatelimitOverride | None:
+    """``{}`` (none set) → None; a missing or null number is Synapse's 0; anything else that
+    is not a number is no answer (ValueError), never taken for an exemption."""
+    if not body:
+        return None
+    rate, burst = (0 if v is None else v
+                   for v in (body.get("messages_per_second"), body.get("burst_count")))
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (rate, burst)):
+        raise ValueError(f"unexpected override_ratelimit answer: {dict(body)}")
+    return RatelimitOverride(rate, int(burst))
 
 
 def storage_opt_out(global_data: object) -> bool:
@@ -69,6 +122,23 @@ class AdminProbe:
         async with self._limit:
             return await self.http.request(method, path, body, token=token or self.token,
                                            ok_statuses=ok)
+
+    async def _brief(self, method: str, path: str, body: dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
+        """One call at start-up, given :data:`RATELIMIT_TIMEOUT_SECONDS` at most."""
+        async with self._limit:
+            _, answer = await self.http.request(method, path, body, token=self.token,
+                                                timeout_seconds=RATELIMIT_TIMEOUT_SECONDS)
+        return answer
+
+    async def ratelimit_override(self, user_id: str) -> RatelimitOverride | None:
+        """The user's rate-limit override on Synapse, or None when none is set."""
+        return _override(await self._brief("GET", ratelimit_override_path(user_id)))
+
+    async def lift_ratelimit(self, user_id: str) -> RatelimitOverride | None:
+        """Set the user's override to 0/0 (no limits); what Synapse stored, as it says."""
+        return _override(await self._brief("POST", ratelimit_override_path(user_id),
+                                           dict(UNLIMITED)))
 
     async def local_users(self) -> list[str]:
         """Every active, non-guest local user (``/_synapse/admin/v2/users``, paginated)."""

@@ -19,7 +19,8 @@ logger = logging.getLogger(__name__)
 JOIN_ATTEMPTS = 3
 JOIN_RETRY_SECONDS = 1.0
 
-MessageHandler = Callable[[RoomId, UserId, EventId, str, bool], Awaitable[None]]
+# room, sender, event, body, is_dm, and the sending session's identity key (None unencrypted)
+MessageHandler = Callable[[RoomId, UserId, EventId, str, bool, str | None], Awaitable[None]]
 JoinHandler = Callable[[RoomId, UserId, bool], Awaitable[None]]
 
 
@@ -161,13 +162,30 @@ class EventRouter:
             return  # already answered before a restart
         room = self.client.rooms.get(room_id)
         is_dm = self.is_dm(room) if room is not None else False
+        sender_key = self._sending_session(room_id, event)
         self.runner.spawn_serial(
             room_id,
             lambda: self.on_message(
-                RoomId(room_id), UserId(event.sender), EventId(event.event_id), event.body, is_dm
-            ),
+                RoomId(room_id), UserId(event.sender), EventId(event.event_id), event.body,
+                is_dm, sender_key),
             name=f"message {event.event_id}",
         )
+
+    def _sending_session(self, room_id: str, event: nio.Event) -> str | None:
+        """The identity key of the session that sent a decrypted message, if Olm vouches for it.
+
+        A room key that came straight from its sender over Olm binds the key's messages to that
+        session's identity key (nio files the session under it). A *forwarded* key says only
+        what the forwarder claims, so its messages name no session.
+        """
+        if not event.decrypted or not event.sender_key or not event.session_id:
+            return None
+        olm = self.client.olm
+        session = (olm.inbound_group_store.get(room_id, event.sender_key, event.session_id)
+                   if olm is not None else None)
+        if session is None or session.forwarding_chain:
+            return None
+        return str(event.sender_key)
 
     async def _on_megolm(self, room: nio.MatrixRoom, event: nio.MegolmEvent) -> None:
         if event.sender == self.user_id or event.server_timestamp < self.not_before_ms:

@@ -124,7 +124,8 @@ def facts_from_response(
             unsigned = device.get("unsigned")
             name = unsigned.get("device_display_name") if isinstance(unsigned, Mapping) else None
             devices.append(DeviceFacts(str(device_id), name if isinstance(name, str) else None,
-                                       has_keys, cross_signed))
+                                       has_keys, cross_signed,
+                                       curve25519=curve if has_keys else None))
     return KeyFacts(user_id, master is not None, ssk is not None, master, tuple(devices))
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -55,6 +56,7 @@ class SyncLoop:
         self.settle = settle
         self.on_reconnected = on_reconnected
         self.first_sync = asyncio.Event()
+        self.last_success: float | None = None  # time.monotonic() of the last sync processed
         self.filter: str | dict[str, Any] = SYNC_FILTER
         self._synced_once = False
         self._reconnecting = False
@@ -64,6 +66,11 @@ class SyncLoop:
 
     def stop(self) -> None:
         self._stopping = True
+
+    def seconds_since_success(self) -> float | None:
+        """Seconds since the last successful sync was processed; None before the first.
+        An idle bot long-polls, so up to ``SYNC_TIMEOUT_MS`` is normal."""
+        return None if self.last_success is None else time.monotonic() - self.last_success
 
     async def run(self) -> None:
         while not self._stopping:
@@ -145,6 +152,7 @@ class SyncLoop:
             raise _first(failed) from None
 
     async def _on_sync(self, response: nio.SyncResponse) -> None:
+        self.last_success = time.monotonic()
         self._synced_once = True
         self.recovery.reset()
         self.first_sync.set()

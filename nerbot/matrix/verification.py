@@ -35,11 +35,13 @@ import nio
 from nio.crypto import OlmDevice
 
 from nerbot.domain import verification as v
+from nerbot.domain.community import MISMATCH_CODES
 from nerbot.errors import VerificationRefused
 from nerbot.ids import RoomId, UserId
 from nerbot.matrix.crosssigning import CrossSigningKeys, device_keys_of, verify_signed_json
 from nerbot.matrix.http import MatrixHttp
 from nerbot.matrix.sas import SasExchange
+from nerbot.metrics import BotMetrics, verification_outcome
 from nerbot.ports import Clock
 from nerbot.runner import TaskRunner
 from nerbot.store import Store
@@ -93,6 +95,7 @@ class VerificationService:
         limits: v.VerificationLimits,
         send_room: Callable[[RoomId, str, dict[str, Any]], Any],
         limiter: v.SenderLimiter | None = None,
+        metrics: BotMetrics | None = None,
     ) -> None:
         self.client = client
         self.http = http
@@ -104,6 +107,10 @@ class VerificationService:
         self.limits = limits
         self.send_room = send_room
         self.limiter = limiter if limiter is not None else v.SenderLimiter.for_limits(limits)
+        self.metrics = metrics
+        # (user, txn, transport, code) of a verification that ended in an emoji or key
+        # mismatch: the admin room's alarm.
+        self.on_mismatch: Callable[[UserId, str, str, str], None] | None = None
         self.ui: VerificationUI | None = None
         self.active: dict[str, Active] = {}
 
@@ -425,6 +432,7 @@ class VerificationService:
                         master_key: dict[str, Any] | None, open_dm: bool) -> None:
         """Their MAC held: trust them, record it, tell them (as far as the DM rule allows)."""
         signed = await self._trust(user, device_id, master_key_id, master_key)
+        self._count_end(txn, "verified", None)
         self.store.verification_ended(txn, "verified", self.clock.now_ms(),
                                       device_id=device_id, master_key_signed=signed)
         ui = self._ui_for(user, open_dm)
@@ -435,10 +443,24 @@ class VerificationService:
                          open_dm: bool) -> None:
         """A verification that really started ended without success: record it, tell them."""
         result = "timeout" if code == v.TIMEOUT else "cancelled"
+        self._count_end(txn, result, code)
+        pending = self.store.pending_verification(txn)
         self.store.verification_ended(txn, result, self.clock.now_ms(), cancel_code=code)
+        if code in MISMATCH_CODES and pending is not None and self.on_mismatch is not None:
+            self.on_mismatch(user, txn, pending[0], code)  # the other side saw other keys
         ui = self._ui_for(user, open_dm)
         if ui is not None:
             await ui.cancelled(user, code, by_us)
+
+    def _count_end(self, txn: str, result: str, code: str | None) -> None:
+        """Count a recorded verification's end, once (before the store marks it ended)."""
+        if self.metrics is None:
+            return
+        pending = self.store.pending_verification(txn)
+        if pending is not None:
+            transport, started_ms = pending
+            self.metrics.verification(transport, verification_outcome(result, code),
+                                      (self.clock.now_ms() - started_ms) / 1000)
 
     async def _send(self, active: Active, event_type: str, content: dict[str, Any]) -> None:
         flow = active.flow

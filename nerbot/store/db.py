@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterable, Iterator
@@ -14,6 +15,15 @@ from sqlite_utils import Database
 from sqlite_utils.db import NotFoundError, Table
 
 from nerbot.datadir import create_private_file, keep_private
+from nerbot.domain.community import (
+    WEEK_MS,
+    AlertRow,
+    HygieneRecord,
+    PeopleCounts,
+    ReminderOutcome,
+    VerificationRow,
+    count_people,
+)
 from nerbot.domain.guide import GuideProgress
 from nerbot.domain.reminders import ReminderHistory
 from nerbot.ids import RoomId, UserId
@@ -332,6 +342,11 @@ class Store:
                                                 limit=limit)
         return [self._outbox(r) for r in rows]
 
+    def pending_count(self) -> int:
+        """How many outbox messages are not sent yet (a metrics gauge)."""
+        row = self._one("SELECT count(*) FROM outbox WHERE status = 'pending'", [])
+        return int(row[0]) if row else 0
+
     def outbox(self, user_id: UserId | None = None) -> list[OutboxMessage]:
         where, args = ("user_id = ?", [user_id]) if user_id else (None, None)
         return [self._outbox(r) for r in self._table("outbox").rows_where(
@@ -383,6 +398,13 @@ class Store:
         with self.db.atomic():
             self._table("alerts").insert({"user_id": user_id, "kind": kind,
                                           "devices": ",".join(sorted(devices)), "at_ms": now_ms})
+
+    def new_sessions_counted(self, user_id: UserId, since_ms: int, until_ms: int) -> int:
+        """How many new unverified sessions of the user the alerts counted in that time."""
+        rows = self.db.execute(
+            "SELECT devices FROM alerts WHERE user_id = ? AND kind = 'new_sessions' "
+            "AND at_ms >= ? AND at_ms < ?", [user_id, since_ms, until_ms]).fetchall()
+        return sum(len([d for d in str(r[0] or "").split(",") if d]) for r in rows)
 
     def alerts(self, user_id: UserId | None = None) -> list[dict[str, object]]:
         where, args = ("user_id = ?", [user_id]) if user_id else (None, None)
@@ -470,6 +492,106 @@ class Store:
                     pruned.answered_events)
         return pruned
 
+    # -- the community report ---------------------------------------------------------------
+
+    def record_assessments(self, records: Iterable[HygieneRecord]) -> None:
+        """Each person's latest assessment, and a change row when their "at risk" flipped."""
+        with self.db.atomic():
+            for r in records:
+                before = self._one("SELECT at_risk FROM hygiene WHERE user_id = ?", [r.user_id])
+                self.db.execute(
+                    "INSERT OR REPLACE INTO hygiene (user_id, assessed_ms, cross_signing, "
+                    "backup, recovery, unverified, inactive, at_risk, remote) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [r.user_id, r.assessed_ms, int(r.cross_signing), r.backup,
+                     None if r.recovery is None else int(r.recovery), r.unverified, r.inactive,
+                     int(r.at_risk), int(r.remote)])
+                if before is None or bool(before[0]) != r.at_risk:
+                    self.db.execute("INSERT INTO hygiene_changes (user_id, at_ms, at_risk) "
+                                    "VALUES (?, ?, ?)", [r.user_id, r.assessed_ms,
+                                                         int(r.at_risk)])
+
+    def forget_assessments_except(self, user_ids: Iterable[str]) -> int:
+        """People no longer served (left every room, deactivated) drop out of the numbers."""
+        keep = set(user_ids)
+        gone = [u for (u,) in self.db.execute("SELECT user_id FROM hygiene").fetchall()
+                if u not in keep]
+        with self.db.atomic():
+            self.db.conn.executemany("DELETE FROM hygiene WHERE user_id = ?",
+                                     [(u,) for u in gone])
+        return len(gone)
+
+    def hygiene_records(self) -> list[HygieneRecord]:
+        rows = self.db.execute(
+            "SELECT user_id, assessed_ms, cross_signing, backup, recovery, unverified, "
+            "inactive, at_risk, remote FROM hygiene ORDER BY user_id").fetchall()
+        return [HygieneRecord(str(u), int(at), bool(cs), str(b),
+                              None if rec is None else bool(rec), int(unv), int(ina),
+                              bool(risk), bool(rem))
+                for u, at, cs, b, rec, unv, ina, risk, rem in rows]
+
+    def hygiene_state_counts(self) -> dict[str, int]:
+        """People served per hygiene state (the metrics' ``nerbot_people`` gauge)."""
+        return count_people(self.hygiene_records()).gauges()
+
+    def save_daily_snapshot(self, day: str, counts: PeopleCounts, now_ms: int) -> None:
+        """Today's numbers (replaced through the day; the last one of a day stays)."""
+        with self.db.atomic():
+            self.db.execute("INSERT OR REPLACE INTO hygiene_daily (day, at_ms, counts) "
+                            "VALUES (?, ?, ?)", [day, now_ms, json.dumps(
+                                dataclasses.asdict(counts), sort_keys=True)])
+
+    def daily_snapshots(self, days: Iterable[str]) -> dict[str, PeopleCounts]:
+        wanted = list(days)
+        marks = ", ".join("?" for _ in wanted)
+        rows = self.db.execute(f"SELECT day, counts FROM hygiene_daily WHERE day IN ({marks})",
+                               wanted).fetchall()
+        fields = PeopleCounts.__dataclass_fields__
+        return {str(day): PeopleCounts(**{k: int(v) for k, v in json.loads(counts).items()
+                                          if k in fields})
+                for day, counts in rows}
+
+    def verification_rows(self, since_ms: int) -> list[VerificationRow]:
+        rows = self.db.execute(
+            "SELECT user_id, transport, started_ms, result, cancel_code FROM verifications "
+            "WHERE started_ms >= ? ORDER BY started_ms", [since_ms]).fetchall()
+        return [VerificationRow(str(u), str(t), int(s), str(r), c) for u, t, s, r, c in rows]
+
+    def alert_rows(self, since_ms: int) -> list[AlertRow]:
+        rows = self.db.execute("SELECT user_id, kind, devices, at_ms FROM alerts "
+                               "WHERE at_ms >= ? ORDER BY at_ms", [since_ms]).fetchall()
+        return [AlertRow(str(u), str(k), len([d for d in str(devices or "").split(",") if d]),
+                         int(at)) for u, k, devices, at in rows]
+
+    def reminder_outcomes(self, since_ms: int) -> list[ReminderOutcome]:
+        """Reminders delivered since then, each with: fixed within a week after it?"""
+        rows = self.db.execute(
+            "SELECT o.user_id, o.sent_ms, EXISTS (SELECT 1 FROM hygiene_changes h "
+            "  WHERE h.user_id = o.user_id AND h.at_risk = 0 AND h.at_ms > o.sent_ms "
+            "  AND h.at_ms <= o.sent_ms + ?) "
+            "FROM outbox o WHERE o.kind = 'remind' AND o.status = 'sent' "
+            "AND o.sent_ms >= ? ORDER BY o.sent_ms", [WEEK_MS, since_ms]).fetchall()
+        return [ReminderOutcome(str(u), int(at), bool(fixed)) for u, at, fixed in rows]
+
+    def reminder_choices(self, now_ms: int) -> tuple[int, int]:
+        """People who turned reminders off, and people with a snooze running, now."""
+        row = self.db.execute(
+            "SELECT COALESCE(SUM(opted_out != 0), 0), "
+            "COALESCE(SUM(opted_out = 0 AND snoozed_until_ms > ?), 0) FROM reminder_state",
+            [now_ms]).fetchone()
+        return int(row[0]), int(row[1])
+
+    def verified_users(self, user_ids: Iterable[str]) -> set[str]:
+        """Those of ``user_ids`` whose identity the bot signed after a verification with them."""
+        wanted = list(user_ids)
+        if not wanted:
+            return set()
+        marks = ", ".join("?" for _ in wanted)
+        rows = self.db.execute(
+            f"SELECT DISTINCT user_id FROM verifications WHERE result = 'verified' "
+            f"AND master_key_signed = 1 AND user_id IN ({marks})", wanted).fetchall()
+        return {str(r[0]) for r in rows}
+
     # -- verifications ----------------------------------------------------------------------
 
     def verification_started(self, txn: str, user_id: UserId, device_id: str | None,
@@ -497,6 +619,12 @@ class Store:
                 "master_key_signed = ?, device_id = COALESCE(NULLIF(?, ''), device_id), "
                 "resume = NULL WHERE txn = ?",
                 [now_ms, result, cancel_code, int(master_key_signed), device_id or "", txn])
+
+    def pending_verification(self, txn: str) -> tuple[str, int] | None:
+        """``(transport, started_ms)`` of a verification not ended yet; None if there is none."""
+        row = self._one("SELECT transport, started_ms FROM verifications "
+                        "WHERE txn = ? AND result = 'pending'", [txn])
+        return (str(row[0]), int(row[1])) if row else None
 
     def verification_resume_point(self, txn: str, device_id: str, resume: str) -> None:
         """Their MAC was valid: what to send and to trust if we crash before it is done."""

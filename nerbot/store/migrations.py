@@ -107,4 +107,23 @@ def build_migrations() -> Migrations:
         # with the step itself, so a crash between the two is repaired at the next start.
         db.table("guide_progress").add_column("unsent_txn", str)
 
+    @migrations(name="0008_community_report")
+    def community_report(db: Database) -> None:
+        # The latest assessment of each person served (one row each, replaced), so the report
+        # and the metrics count without asking the homeserver; ``backup``: present / absent
+        # (seen), likely_absent (inferred), unknown; ``recovery`` NULL when not seen.
+        db.table("hygiene").create(
+            {"user_id": str, "assessed_ms": int, "cross_signing": int, "backup": str,
+             "recovery": int, "unverified": int, "inactive": int, "at_risk": int,
+             "remote": int},
+            pk="user_id",
+        )
+        # When someone's "at risk" changed (first look, fixed, at risk again): what "fixed
+        # within a week of a reminder" is measured from.
+        db.table("hygiene_changes").create({"user_id": str, "at_ms": int, "at_risk": int})
+        db.table("hygiene_changes").create_index(["user_id", "at_ms"])
+        db.table("hygiene_changes").create_index(["at_ms"])
+        # One small snapshot of the community's numbers per day, for the report's trend.
+        db.table("hygiene_daily").create({"day": str, "at_ms": int, "counts": str}, pk="day")
+
     return migrations

@@ -28,8 +28,11 @@ def bot_config(
     data_dir: Path,
     admin_token: str | None = None,
     backup_check: str = "off",
+    exempt_bot_from_ratelimit: bool = True,
     reminders: dict[str, Any] | None = None,
     alerts: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    admin: dict[str, Any] | None = None,
     **bot: Any,
 ) -> Config:
     """Reminders and alerts are off unless a test asks for them (they would DM users)."""
@@ -37,9 +40,12 @@ def bot_config(
         "matrix": {"homeserver": homeserver, "user_id": account.user_id, "device_name": "nerbot"},
         "storage": {"data_dir": str(data_dir)},
         "bot": {"language": "zh", "undecryptable_grace_seconds": 3, **bot},
-        "synapse_admin": {"token": admin_token or "", "backup_check": backup_check},
+        "synapse_admin": {"token": admin_token or "", "backup_check": backup_check,
+                          "exempt_bot_from_ratelimit": exempt_bot_from_ratelimit},
         "reminders": {"enabled": False, **(reminders or {})},
         "alerts": {"enabled": False, **(alerts or {})},
+        "metrics": metrics or {},
+        "admin": admin or {},
     }
     return parse_config(raw, {"NERBOT_PASSWORD": account.password}, data_dir.parent)
 

@@ -205,7 +205,8 @@ async def test_a_rate_limit_is_waited_out_and_nothing_is_lost(
     result = await scan(bot)
     elapsed = time.monotonic() - started
     assert result.queued == 3 and result.delivery is not None and result.delivery.sent == 3
-    assert any("429" in r.getMessage() for r in caplog.records), "no 429 was provoked"
+    assert any("429" in r.getMessage() for r in caplog.records
+               if r.name.startswith("nio")), "no 429 was provoked"
     assert elapsed >= 1.0  # the retry waited the server's retry_after_ms
     for user, peer, room_id in people:
         message = await peer.wait_for_message(room_id, sender=bot_id)
@@ -247,10 +248,18 @@ async def test_new_sessions_alert_once_per_burst_and_identity_reset(
                      ("new_sessions", single.device_id), ("identity_reset", "")]
 
     assert "no more new-session alerts" in await peer.ask(room_id, "!alerts off", bot_id)
-    await asyncio.to_thread(builder.add_device, account, "tablet")
-    with pytest.raises(TimeoutError):
-        await peer.wait_for_message(room_id, sender=bot_id, timeout=5)
-    assert len(bot.store.alerts(UserId(user.user_id))) == 3
+    tablet = await asyncio.to_thread(builder.add_device, account, "tablet")
+    # Still counted for the admins' report and alarms, but not sent to the person: once the
+    # check has counted it, a command answered after it is the bot's next message.
+    for _ in range(300):
+        if len(bot.store.alerts(UserId(user.user_id))) == 4:
+            break
+        await asyncio.sleep(0.1)
+    assert bot.store.alerts(UserId(user.user_id))[-1]["devices"] == tablet.device_id
+    before = len(peer.messages(room_id))
+    await peer.ask(room_id, "!alerts", bot_id)
+    assert [m for m in peer.messages(room_id)[before:] if tablet.device_id in m.body] == []
+    assert not [m for m in bot.store.outbox(UserId(user.user_id)) if m.status == "pending"]
 
 
 async def test_missed_scans_run_once_at_start(

@@ -103,11 +103,12 @@ async def test_group_room_gets_no_details_and_others_are_refused(
 
 
 async def test_admin_gets_clear_answer_for_unknown_user_and_bad_argument(
-    start_bot: Any, make_user: Any, make_peer: Any
+    start_bot: Any, make_user: Any, make_peer: Any, synapse: Any
 ) -> None:
     admin_user = make_user("boss")
     bot = await start_bot(admins=[admin_user.user_id])
     peer = await make_peer(admin_user)
+    await cross_signed(synapse, admin_user, peer)  # admin commands need a signed session
     room_id = await open_dm(peer, bot)
     server = bot.config.matrix.user_id.split(":", 1)[1]
     answer = await status(peer, bot, room_id, f"@nobody-here:{server}")

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import vodozemac
 from crashkit import gap
-from fakes import RecordingMessenger
+from fakes import RecordingMessenger, admins_trusted
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from nio.crypto import OlmDevice
@@ -210,7 +210,7 @@ def make_bot() -> Bot:
     async def ensure_dm(user_id: UserId) -> RoomId:
         return DM
 
-    registry.extend(status_commands(hygiene, lambda u: u == ADMIN, user_exists))
+    registry.extend(status_commands(hygiene, user_exists))
     guides = GuideConversation(load_library(), store, hygiene, messenger, catalog,
                                lambda: NOW)
     registry.extend(verify_commands(FakeVerifier(), ensure_dm))
@@ -220,7 +220,7 @@ def make_bot() -> Bot:
                                 None, FakeClock())  # type: ignore[arg-type]  # never sends
     registry.extend(remind_commands(store, hygiene, reminders.decision_for, text, lambda: NOW))
     router = CommandRouter(registry, catalog, messenger, store.get_language,
-                           lambda u: u == ADMIN, interpret=guides.interpret)
+                           admins_trusted(ADMIN), interpret=guides.interpret)
     return Bot(router, catalog, messenger, GUIDE_TEXTS)
 
 

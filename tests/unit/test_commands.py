@@ -5,7 +5,7 @@ from __future__ import annotations
 from zoneinfo import ZoneInfo
 
 import pytest
-from fakes import RecordingMessenger
+from fakes import RecordingMessenger, admins_trusted
 
 from nerbot.commands.basic import basic_commands
 from nerbot.commands.guide import GuideConversation, guide_commands
@@ -57,7 +57,7 @@ def make_router(store: Store, admins: set[str] | None = None
     registry.extend(basic_commands(registry, store, lambda: 1_000, lambda: "ABCD EFGH"))
     messenger = RecordingMessenger()
     router = CommandRouter(registry, Catalog.load(default="zh"), messenger, store.get_language,
-                           lambda u: u in (admins or set()))
+                           admins_trusted(*(admins or set())))
     return router, messenger, registry
 
 
@@ -237,9 +237,9 @@ async def test_every_reply_that_echoes_an_argument_quotes_it(
         lang: str, expected: tuple[str, ...]) -> None:
     store = Store(":memory:")
     store.set_language(ALICE, lang, 0)
-    router, messenger, registry = make_router(store)
+    router, messenger, registry = make_router(store, admins={ALICE})
     catalog, hygiene = Catalog.load(), NoFacts()
-    registry.extend(status_commands(hygiene, lambda u: True, exists))
+    registry.extend(status_commands(hygiene, exists))
     registry.extend(remind_commands(store, hygiene, no_decision,
                                     MessageText(catalog, store, ZoneInfo("UTC")), lambda: 1_000))
     registry.extend(guide_commands(GuideConversation(load_library(), store, hygiene, messenger,

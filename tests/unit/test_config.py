@@ -53,7 +53,7 @@ def file_problems(path: Path, env: dict[str, str] | None = None) -> list[str]:
         ({"bot": {"langauge": "en"}}, 'bot.langauge: unknown key (did you mean "language"?)'),
         ({"bot": {"colour": "red"}}, "bot.colour: unknown key"),
         ({"matrx": {}}, 'matrx: unknown section (did you mean "matrix"?)'),
-        ({"extras": {}}, "extras: unknown section"),
+        ({"weather": {}}, "weather: unknown section"),
         # wrong types
         ({"matrix": "x"}, "matrix: expected a table, got string"),
         ({"matrix": {"homeserver": 8008}}, "matrix.homeserver: expected a string, got integer"),
