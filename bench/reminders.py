@@ -232,7 +232,7 @@ def watch_sends(app: NerbotApp, timings: Timings) -> None:
     transport = app.transport
     assert transport is not None
     timings.wrap(transport, "ensure_dm", "ensure_dm (open the DM)")
-    timings.wrap(transport, "record_direct", "  record_direct (m.direct GET+PUT)")
+    timings.wrap(transport.direct, "flush", "  m.direct batch write (GET once + PUT)")
     timings.wrap(transport, "wait_for_room", "  wait_for_room (until sync has it)")
     timings.wrap(transport, "send_notice", "send_notice (encrypt + send)")
 

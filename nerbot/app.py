@@ -188,6 +188,7 @@ class NerbotApp:
         self.runner.spawn(verifier.end_interrupted(), name="end interrupted verifications")
         self.runner.spawn(guides.resend_unsent(), name="guide steps a crash kept back")
         self.runner.spawn(self._check_own_account(), name="own account")
+        self.runner.spawn(transport.direct.reconcile(), name="m.direct at start")
         if self.alarms is not None:
             self.alarms.check_room()  # says at once if the admin room cannot take alarms
         logger.info("nerbot is running as %s (device %s)", client.user_id, client.device_id)
@@ -203,6 +204,8 @@ class NerbotApp:
         if self.syncer is not None:
             self.syncer.stop()
         await self.runner.stop()
+        if self.transport is not None:
+            await self.transport.close()
         if self.session is not None:
             await self.session.client.close()
         if self.http is not None:

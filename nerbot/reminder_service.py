@@ -106,6 +106,10 @@ class ReminderService:
 
     def queue(self, user_id: UserId, report: UserReport) -> ReminderDecision:
         """Decide for one user and, if due, record the message and the new state at once."""
+        with self.store.transaction():  # one commit per person, whatever is written
+            return self._queue(user_id, report)
+
+    def _queue(self, user_id: UserId, report: UserReport) -> ReminderDecision:
         now = self.clock.now_ms()
         history = self._history(user_id, report, now)
         decision = decide(report, history, self.config.policy, now)

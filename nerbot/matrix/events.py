@@ -56,6 +56,7 @@ class EventRouter:
         self.not_before_ms = not_before_ms
         self.on_devices_changed = on_devices_changed
         self._invites_in_flight: set[str] = set()
+        self._room_mates: frozenset[str] | None = None
         self.hold = UndecryptableHold(
             client, clock, grace_seconds,
             on_decrypted=self._late_decrypted,
@@ -73,23 +74,32 @@ class EventRouter:
         self.client.add_response_callback(self._on_sync, nio.SyncResponse)
 
     async def _on_sync(self, response: nio.SyncResponse) -> None:
+        self._room_mates = None  # nio has applied this sync's memberships: recount on demand
         changed = [str(u) for u in response.device_list.changed]
         if changed and self.on_devices_changed is not None:
             logger.debug("Device lists changed for %d users", len(changed))
             self.on_devices_changed(changed)
 
     def shares_room(self, user_id: str) -> bool:
-        """Whether the user is in a room with the bot (then sync tells us of their changes)."""
-        return any(user_id in room.users for room in self.client.rooms.values())
+        """Whether the user is in a room with the bot (then sync tells us of their changes).
+
+        One set of everyone in the bot's rooms, rebuilt at most once per sync: a scan asks for
+        thousands of people, and the bot may be in thousands of DMs.
+        """
+        if self._room_mates is None:
+            self._room_mates = frozenset(user for room in self.client.rooms.values()
+                                         for user in room.users)
+        return user_id in self._room_mates
 
     @property
     def user_id(self) -> str:
         return str(self.client.user_id)
 
     def is_dm(self, room: nio.MatrixRoom) -> bool:
-        if self.store.user_for_dm_room(RoomId(room.room_id)) is not None:
-            return True
-        return bool(room.member_count <= 2)
+        """A DM is a room recorded as one person's DM with the bot (opened by the bot, or an
+        ``is_direct`` invite). A room that merely has two members is not: a third may join at
+        any time, and answers about someone's sessions must not be posted there."""
+        return self.store.user_for_dm_room(RoomId(room.room_id)) is not None
 
     # -- invites ----------------------------------------------------------------------------
 

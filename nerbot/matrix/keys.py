@@ -13,6 +13,7 @@ unreachable server must never look like a person without cross-signing.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import urllib.parse
 from collections import deque
@@ -54,7 +55,7 @@ class SignatureCache:
     """
 
     def __init__(self, check: SignatureCheck = verify_signature) -> None:
-        self._results: dict[tuple[str, str, bytes], bool] = {}
+        self._results: dict[tuple[str, str, bytes], bool] = {}  # (key, signature, digest)
         self._keys: dict[str, Any] = {}
         self._check = check
 
@@ -70,7 +71,9 @@ class SignatureCache:
         return self.verify_message(message, signature, public_key)
 
     def verify_message(self, message: bytes, signature: str, public_key: str) -> bool:
-        memo = (public_key, signature, message)
+        # Keyed on the message's digest, not the message: tens of thousands of devices' signed
+        # JSON would otherwise stay in memory for as long as the bot runs.
+        memo = (public_key, signature, hashlib.sha256(message).digest())
         cached = self._results.get(memo)
         if cached is not None:
             return cached

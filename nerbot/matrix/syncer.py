@@ -106,7 +106,12 @@ class SyncLoop:
             if not self._synced_once:
                 # nio keeps no room state across restarts: the process's first sync asks for
                 # the full state, and runs alone so the side requests see the rooms it brings.
+                started = time.monotonic()
                 sync = await self.client.sync(0, self.filter, full_state=True)
+                rooms = getattr(sync, "rooms", None)
+                if isinstance(sync, nio.SyncResponse) and rooms is not None:
+                    logger.info("First sync: %d joined rooms, %d invites, %.1f s",
+                                len(rooms.join), len(rooms.invite), time.monotonic() - started)
                 await self.client.run_response_callbacks([sync])
                 await self._run_all(self._side_requests())
             else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import urllib.parse
 from typing import Any
@@ -44,6 +45,7 @@ class MatrixTransport:
         self.store = store
         self.clock = clock
         self.renderer = NoticeRenderer()
+        self.direct = DirectRooms(http, str(client.user_id), store)
         self._room_locks: dict[str, asyncio.Lock] = {}
         self._dm_locks: dict[str, asyncio.Lock] = {}
 
@@ -76,17 +78,21 @@ class MatrixTransport:
         raise SendFailed(f"sending to {room_id} failed: {getattr(response, 'message', response)}")
 
     async def wait_for_room(self, room_id: RoomId, wait_seconds: float = 30.0,
-                            encrypted: bool = False) -> None:
+                            encrypted: bool = False, member: UserId | None = None) -> None:
         """After a join, nio learns the room only with the next sync; sending earlier fails.
 
-        With ``encrypted``, also wait until nio has seen the room's encryption state.
+        With ``encrypted``, also wait until nio has seen the room's encryption state; with
+        ``member``, until it has seen them joined or invited (a sync that raced the room's
+        creation can bring the room without the invite, and nio shares the room key only
+        with the members it knows: the first message would be unreadable for them).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_seconds
 
         def ready() -> bool:
             room = self.client.rooms.get(room_id)
-            return room is not None and (not encrypted or bool(room.encrypted))
+            return room is not None and (not encrypted or bool(room.encrypted)) and (
+                member is None or member in room.users or member in room.invited_users)
 
         while not ready():
             if loop.time() > deadline:
@@ -128,23 +134,106 @@ class MatrixTransport:
                 raise SendFailed(f"could not open a DM with {user_id}: {response}")
             room_id = RoomId(response.room_id)
             self.store.set_dm_room(user_id, room_id, self.clock.now_ms())
-            await self.record_direct(user_id, room_id)
+            self.direct.changed()
             logger.info("Opened a DM with %s: %s", user_id, room_id)
-            await self.wait_for_room(room_id, encrypted=True)
+            await self.wait_for_room(room_id, encrypted=True, member=user_id)
             return room_id
 
-    async def record_direct(self, user_id: UserId, room_id: RoomId) -> None:
-        """Add the room to the bot's ``m.direct`` account data (clients show it as a DM)."""
-        me = urllib.parse.quote(str(self.client.user_id))
-        path = f"/_matrix/client/v3/user/{me}/account_data/m.direct"
+    async def close(self) -> None:
+        """Write what ``m.direct`` still lacks before the HTTP session closes."""
+        await self.direct.close()
+
+
+DIRECT_BATCH_SECONDS = 1.0
+
+
+class DirectRooms:
+    """The bot's ``m.direct`` account data, written from the database in batches.
+
+    ``dm_rooms`` is the truth; ``m.direct`` only tells the bot's people's clients (and other
+    sessions of the bot, which it has none of) which rooms are DMs. Rewriting the whole map per
+    new DM was quadratic over a campaign (two requests each, growing with the map), so a burst
+    of new DMs is one ``PUT`` a second, and entries someone else put there are kept. At start
+    (and after a crash before a batch went out) ``reconcile`` writes the map if it lacks rooms.
+    """
+
+    def __init__(self, http: MatrixHttp, user_id: str, store: Store,
+                 batch_seconds: float = DIRECT_BATCH_SECONDS) -> None:
+        self.http = http
+        self.path = (f"/_matrix/client/v3/user/{urllib.parse.quote(user_id)}"
+                     "/account_data/m.direct")
+        self.store = store
+        self.batch_seconds = batch_seconds
+        self.writes = 0  # PUTs sent (the bench counts them)
+        self._foreign: dict[str, list[str]] | None = None  # what the server had, read once
+        self._dirty = False
+        self._lock = asyncio.Lock()
+        self._pending: asyncio.Task[None] | None = None
+
+    def changed(self) -> None:
+        """A DM was recorded: write the map within ``batch_seconds`` (one write per burst)."""
+        self._dirty = True
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.get_running_loop().create_task(self._write_soon())
+
+    async def _write_soon(self) -> None:
+        await asyncio.sleep(self.batch_seconds)
         try:
-            _, direct = await self.http.request("GET", path)
+            await self.flush()
+        except Exception as exc:  # the next DM (or the next start) writes it again
+            self._dirty = True
+            logger.warning("Writing m.direct failed: %s", exc)
+
+    async def _read(self) -> dict[str, list[str]]:
+        try:
+            _, direct = await self.http.request("GET", self.path)
         except MatrixRequestError as exc:
             if exc.status != 404:
                 raise
             direct = {}
-        rooms = [r for r in direct.get(user_id, []) if isinstance(r, str)]
-        if room_id in rooms:
-            return
-        direct[user_id] = [*rooms, room_id]
-        await self.http.request("PUT", path, direct)
+        return {str(user): [r for r in rooms if isinstance(r, str)]
+                for user, rooms in direct.items() if isinstance(rooms, list)}
+
+    def _wanted(self, base: dict[str, list[str]]) -> dict[str, list[str]]:
+        wanted = {user: list(rooms) for user, rooms in base.items()}
+        for user, room in self.store.dm_rooms().items():
+            rooms = wanted.setdefault(user, [])
+            if room not in rooms:
+                rooms.append(room)
+        return wanted
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not self._dirty:
+                return
+            if self._foreign is None:
+                self._foreign = await self._read()
+            wanted = self._wanted(self._foreign)
+            self._dirty = False  # a DM recorded from here on sets it again
+            try:
+                await self.http.request("PUT", self.path, wanted)
+            except BaseException:
+                self._dirty = True
+                raise
+            self._foreign = wanted
+            self.writes += 1
+
+    async def close(self) -> None:
+        """The last batch now, not a second later (on stop)."""
+        pending = self._pending
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
+        try:
+            await self.flush()
+        except Exception as exc:  # written at the next start (reconcile)
+            logger.warning("Writing m.direct on stop failed: %s", exc)
+
+    async def reconcile(self) -> None:
+        """At start: add the DMs the server's ``m.direct`` lacks (one read, at most one write)."""
+        async with self._lock:
+            self._foreign = await self._read()
+            if self._wanted(self._foreign) != self._foreign:
+                self._dirty = True
+        await self.flush()

@@ -169,12 +169,8 @@ class Store:
         if existing is not None:
             return existing
         with self.db.atomic():
-            self._table("users").insert(
-                {"user_id": user_id, "language": None, "first_seen_ms": now_ms,
-                 "updated_ms": now_ms},
-                pk="user_id",
-                ignore=True,
-            )
+            self.db.execute("INSERT OR IGNORE INTO users (user_id, language, first_seen_ms, "
+                            "updated_ms) VALUES (?, NULL, ?, ?)", [user_id, now_ms, now_ms])
         record = self.get_user(user_id)
         assert record is not None
         return record
@@ -262,9 +258,8 @@ class Store:
 
     def reminder_history(self, user_id: UserId, first_seen_ms: int) -> ReminderHistory:
         """The policy's memory of one user (defaults for a user never reminded)."""
-        try:
-            row = self._table("reminder_state").get(user_id)
-        except NotFoundError:
+        row = self._reminder_state(user_id)
+        if row is None:
             return ReminderHistory(first_seen_ms=first_seen_ms)
         return ReminderHistory(
             first_seen_ms=first_seen_ms,
@@ -277,13 +272,29 @@ class Store:
             sent_total=int(row["sent_total"] or 0),
         )
 
-    def _reminder_row(self, user_id: UserId) -> dict[str, object]:
-        try:
-            return dict(self._table("reminder_state").get(user_id))
-        except NotFoundError:
-            return {"user_id": user_id, "opted_out": 0, "snoozed_until_ms": None,
-                    "finding_key": None, "sent_count": 0, "sent_total": 0,
-                    "last_sent_ms": None, "all_good_sent": 0, "alerts_off": 0}
+    # The scan reads and writes this table for every person: plain SQL, as sqlite-utils'
+    # ``Table.get``/``upsert`` re-read the schema (about 25 queries a person).
+    _REMINDER_COLUMNS = ("user_id", "opted_out", "snoozed_until_ms", "finding_key",
+                         "sent_count", "sent_total", "last_sent_ms", "all_good_sent",
+                         "alerts_off", "updated_ms")
+
+    def _reminder_state(self, user_id: UserId) -> dict[str, Any] | None:
+        row = self._one(f"SELECT {', '.join(self._REMINDER_COLUMNS)} FROM reminder_state "
+                        "WHERE user_id = ?", [user_id])
+        return None if row is None else dict(zip(self._REMINDER_COLUMNS, row, strict=True))
+
+    def _reminder_row(self, user_id: UserId) -> dict[str, Any]:
+        row = self._reminder_state(user_id)
+        if row is not None:
+            return row
+        return {"user_id": user_id, "opted_out": 0, "snoozed_until_ms": None,
+                "finding_key": None, "sent_count": 0, "sent_total": 0,
+                "last_sent_ms": None, "all_good_sent": 0, "alerts_off": 0, "updated_ms": None}
+
+    def _save_reminder_row(self, row: dict[str, Any]) -> None:
+        columns = self._REMINDER_COLUMNS
+        self.db.execute(f"INSERT OR REPLACE INTO reminder_state ({', '.join(columns)}) "
+                        f"VALUES ({', '.join('?' for _ in columns)})", [row[c] for c in columns])
 
     def set_reminder_choice(self, user_id: UserId, now_ms: int, *,
                             opted_out: bool | None = None,
@@ -299,7 +310,7 @@ class Store:
             row["alerts_off"] = int(alerts_off)
         row["updated_ms"] = now_ms
         with self.db.atomic():
-            self._table("reminder_state").upsert(row, pk="user_id")
+            self._save_reminder_row(row)
 
     def alerts_off(self, user_id: UserId) -> bool:
         return bool(self._reminder_row(user_id)["alerts_off"])
@@ -325,7 +336,7 @@ class Store:
                             "last_sent_ms": history.last_sent_ms,
                             "all_good_sent": int(history.all_good_sent),
                             "updated_ms": message.created_ms})
-                self._table("reminder_state").upsert(row, pk="user_id")
+                self._save_reminder_row(row)
         return True
 
     @staticmethod
@@ -390,8 +401,8 @@ class Store:
 
     def remember_master_key(self, user_id: UserId, master_key: str, now_ms: int) -> None:
         with self.db.atomic():
-            self._table("known_identities").upsert(
-                {"user_id": user_id, "master_key": master_key, "seen_ms": now_ms}, pk="user_id")
+            self.db.execute("INSERT OR REPLACE INTO known_identities (user_id, master_key, "
+                            "seen_ms) VALUES (?, ?, ?)", [user_id, master_key, now_ms])
 
     def record_alert(self, user_id: UserId, kind: str, devices: Iterable[str],
                      now_ms: int) -> None:
@@ -428,6 +439,11 @@ class Store:
             self._table("dm_rooms").upsert(
                 {"user_id": user_id, "room_id": room_id, "created_ms": now_ms}, pk="user_id"
             )
+
+    def dm_rooms(self) -> dict[UserId, RoomId]:
+        """Every person's DM with the bot (what the bot's ``m.direct`` must list)."""
+        rows = self.db.execute("SELECT user_id, room_id FROM dm_rooms").fetchall()
+        return {UserId(u): RoomId(r) for u, r in rows}
 
     def forget_dm_room(self, room_id: RoomId) -> None:
         with self.db.atomic():

@@ -227,9 +227,18 @@ async def test_dm_helper_opens_reuses_and_records_m_direct(
     assert message.body == "hello from the bot" and message.decrypted
     assert await bot.transport.ensure_dm(peer.user_id) == room_id
     me = urllib.parse.quote(bot_id)
-    direct = http_json(f"{bot.config.matrix.homeserver}/_matrix/client/v3/user/{me}/"
-                       "account_data/m.direct", bot.session.access_token)
-    assert direct[peer.user_id] == [room_id]
+    url = f"{bot.config.matrix.homeserver}/_matrix/client/v3/user/{me}/account_data/m.direct"
+    for _ in range(100):  # written in batches, a second after the DM at most
+        if bot.transport.direct.writes:
+            break
+        await asyncio.sleep(0.05)
+    assert http_json(url, bot.session.access_token)[peer.user_id] == [room_id]
+    # A stop writes the batch at once; the next start finds nothing to add.
+    other = await make_peer(make_user())
+    other_room = await bot.transport.send_dm(other.user_id, "hello")
+    await bot.transport.close()
+    direct = http_json(url, bot.session.access_token)
+    assert direct[peer.user_id] == [room_id] and direct[other.user_id] == [other_room]
 
 
 async def test_bot_survives_homeserver_restart(

@@ -1,0 +1,108 @@
+"""The Matrix edge's costs that grow with the community: m.direct, room-mates, DMs."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from nerbot.errors import MatrixRequestError
+from nerbot.ids import RoomId, UserId
+from nerbot.matrix.events import EventRouter
+from nerbot.matrix.transport import DirectRooms
+from nerbot.store import Store
+
+
+class FakeHttp:
+    def __init__(self, direct: dict[str, list[str]] | None = None) -> None:
+        self.direct = direct
+        self.calls: list[str] = []
+        self.fail_put = False
+
+    async def request(self, method: str, path: str, body: Any = None, **_: Any
+                      ) -> tuple[int, dict[str, Any]]:
+        assert path.endswith("/account_data/m.direct")
+        self.calls.append(method)
+        if method == "GET":
+            if self.direct is None:
+                raise MatrixRequestError("GET", path, 404, {"errcode": "M_NOT_FOUND"})
+            return 200, dict(self.direct)
+        if self.fail_put:
+            raise MatrixRequestError("PUT", path, 502, {})
+        self.direct = body
+        return 200, {}
+
+
+def dms(store: Store, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        store.set_dm_room(UserId(f"@p{i}:hs"), RoomId(f"!r{i}:hs"), i)
+
+
+async def test_a_burst_of_new_dms_is_one_write_and_foreign_entries_stay() -> None:
+    store, http = Store(":memory:"), FakeHttp({"@friend:hs": ["!old:hs"]})
+    direct = DirectRooms(http, "@bot:hs", store, batch_seconds=0.05)  # type: ignore[arg-type]
+    dms(store, 50)
+    for _ in range(50):
+        direct.changed()
+    for _ in range(100):
+        if direct.writes:
+            break
+        await asyncio.sleep(0.01)
+    assert http.calls == ["GET", "PUT"] and direct.writes == 1
+    assert http.direct is not None and http.direct["@friend:hs"] == ["!old:hs"]
+    assert http.direct["@p49:hs"] == ["!r49:hs"] and len(http.direct) == 51
+    dms(store, 1, start=50)
+    direct.changed()
+    await direct.close()  # on stop: at once, and no second read of the server's map
+    assert http.calls == ["GET", "PUT", "PUT"] and http.direct["@p50:hs"] == ["!r50:hs"]
+
+
+async def test_a_failed_write_is_written_later_and_reconcile_only_when_lacking() -> None:
+    store, http = Store(":memory:"), FakeHttp()
+    direct = DirectRooms(http, "@bot:hs", store, batch_seconds=0.01)  # type: ignore[arg-type]
+    dms(store, 2)
+    http.fail_put = True
+    direct.changed()
+    with pytest.raises(MatrixRequestError):
+        await direct.flush()
+    http.fail_put = False
+    await direct.close()
+    assert http.direct == {"@p0:hs": ["!r0:hs"], "@p1:hs": ["!r1:hs"]}
+    # A restart: the server has everything, so no write; then it lacks one (a crash).
+    again = DirectRooms(http, "@bot:hs", store)  # type: ignore[arg-type]
+    http.calls.clear()
+    await again.reconcile()
+    assert http.calls == ["GET"]
+    dms(store, 1, start=2)
+    await again.reconcile()
+    assert http.calls == ["GET", "GET", "PUT"] and "@p2:hs" in http.direct
+
+
+def router(store: Store, rooms: dict[str, Any]) -> EventRouter:
+    client = SimpleNamespace(rooms=rooms, user_id="@bot:hs")
+    return EventRouter(client, store, None, None, frozenset(), 5,  # type: ignore[arg-type]
+                       on_message=None, on_joined=None,  # type: ignore[arg-type]
+                       on_undecryptable=None, not_before_ms=0)  # type: ignore[arg-type]
+
+
+async def test_room_mates_are_counted_once_per_sync() -> None:
+    store = Store(":memory:")
+    rooms = {"!a:hs": SimpleNamespace(room_id="!a:hs", users={"@bot:hs": 1, "@x:hs": 1},
+                                      member_count=2)}
+    events = router(store, rooms)
+    assert events.shares_room("@x:hs") and not events.shares_room("@y:hs")
+    rooms["!b:hs"] = SimpleNamespace(room_id="!b:hs", users={"@y:hs": 1}, member_count=2)
+    assert not events.shares_room("@y:hs")  # the same sync: the same answer
+    await events._on_sync(SimpleNamespace(device_list=SimpleNamespace(changed=[])))  # type: ignore[arg-type]
+    assert events.shares_room("@y:hs")
+
+
+def test_a_room_with_two_members_is_a_dm_only_when_recorded_as_one() -> None:
+    store = Store(":memory:")
+    events = router(store, {})
+    group = SimpleNamespace(room_id="!pair:hs", member_count=2)
+    assert not events.is_dm(group)  # type: ignore[arg-type]
+    store.set_dm_room(UserId("@x:hs"), RoomId("!pair:hs"), 0)
+    assert events.is_dm(group)  # type: ignore[arg-type]
