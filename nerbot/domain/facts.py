@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
 
 
 class BackupState(enum.Enum):
@@ -81,7 +80,6 @@ class AdminFacts:
     exists: bool
     backup: BackupFacts
     last_seen_ms: dict[str, int | None] = field(default_factory=dict)
-    account_data: dict[str, Any] = field(default_factory=dict)
 
 
 def combine(keys: KeyFacts, admin: AdminFacts | None, remote: bool = False) -> UserFacts:

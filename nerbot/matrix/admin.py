@@ -115,6 +115,9 @@ class AdminProbe:
         self.token = token
         self.backup_check = backup_check
         self._limit = asyncio.Semaphore(concurrency)
+        # Users the last listing returned (they exist): their facts skip the existence check,
+        # a third of the admin requests of an all-local scan.
+        self._listed: frozenset[str] = frozenset()
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
                     token: str | None = None, ok: tuple[int, ...] = (200,)
@@ -155,6 +158,7 @@ class AdminProbe:
                     users.append(name)
             token = page.get("next_token")
             start = str(token) if token is not None else None
+        self._listed = frozenset(users)
         return users
 
     async def facts_many(self, user_ids: Iterable[str]) -> dict[str, AdminFacts]:
@@ -165,15 +169,20 @@ class AdminProbe:
 
     async def facts(self, user_id: str) -> AdminFacts:
         user = _quote(user_id)
-        status, _ = await self._call("GET", f"/_synapse/admin/v2/users/{user}", ok=(200, 404))
-        if status == 404:
-            return AdminFacts(False, BackupFacts(), {}, {})
+        if user_id not in self._listed:
+            status, _ = await self._call("GET", f"/_synapse/admin/v2/users/{user}",
+                                         ok=(200, 404))
+            if status == 404:
+                return AdminFacts(False, BackupFacts(), {})
         async with asyncio.TaskGroup() as group:  # no request outlives a failed sibling
             devices_task = group.create_task(
-                self._call("GET", f"/_synapse/admin/v2/users/{user}/devices"))
+                self._call("GET", f"/_synapse/admin/v2/users/{user}/devices", ok=(200, 404)))
             account_data_task = group.create_task(
-                self._call("GET", f"/_synapse/admin/v1/users/{user}/accountdata"))
+                self._call("GET", f"/_synapse/admin/v1/users/{user}/accountdata",
+                           ok=(200, 404)))
         devices, account_data = devices_task.result(), account_data_task.result()
+        if devices[0] == 404 or account_data[0] == 404:  # gone since it was listed
+            return AdminFacts(False, BackupFacts(), {})
         last_seen = {
             str(d["device_id"]): (int(d["last_seen_ts"]) if d.get("last_seen_ts") else None)
             for d in devices[1].get("devices", []) if isinstance(d, dict) and "device_id" in d
@@ -194,7 +203,9 @@ class AdminProbe:
             legacy_backup_marker=LEGACY_BACKUP_MARKER in global_data,
             storage_opted_out=storage_opt_out(global_data),
         )
-        return AdminFacts(True, backup, last_seen, global_data)
+        # Only the facts: the account data itself (secret storage and backup key material,
+        # encrypted) is not kept in memory for thousands of people.
+        return AdminFacts(True, backup, last_seen)
 
     async def _backup_version(self, user_id: str) -> tuple[BackupState, str | None]:
         """Log in as the user (no device is created), read the backup version, log out."""

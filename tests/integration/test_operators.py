@@ -141,12 +141,14 @@ async def test_report_and_alarms_match_the_world(
         await s.peer.next_event("sas", timeout=30)
         await s.peer.call("confirm", match=False)  # "They don't match"
         await until(lambda: s.records()[-1]["result"] == "cancelled", "the mismatch")
+        assert bot.verifier is not None  # over on the bot's side too, before the next one
+        await until(lambda: not bot.verifier.active, "the mismatch to end")  # type: ignore[union-attr]
         await s.command(f"!verify {s.peer.device_id}")
         await s.peer.call("stall", on=True)
         clock.offset_ms += 11 * 60 * 1000
         assert bot.verifier is not None
         await bot.verifier.tick()
-        assert s.records()[-1]["result"] == "timeout"
+        assert s.records()[-1]["result"] == "timeout", s.records()
     alarm = await admin_peer.wait_for_message(
         admin_room, sender=bot_id, predicate=lambda m: "Verification mismatch" in m.body)
     assert element_user.user_id in alarm.body and "a to-device request" in alarm.body

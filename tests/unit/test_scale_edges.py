@@ -106,3 +106,35 @@ def test_a_room_with_two_members_is_a_dm_only_when_recorded_as_one() -> None:
     assert not events.is_dm(group)  # type: ignore[arg-type]
     store.set_dm_room(UserId("@x:hs"), RoomId("!pair:hs"), 0)
     assert events.is_dm(group)  # type: ignore[arg-type]
+
+
+class AdminHttp:
+    """The Synapse admin API for two users; counts the requests."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    async def request(self, method: str, path: str, body: Any = None, **kw: Any
+                      ) -> tuple[int, dict[str, Any]]:
+        self.paths.append(path)
+        if path.startswith("/_synapse/admin/v2/users?"):
+            return 200, {"users": [{"name": "@a:hs"}, {"name": "@b:hs"}]}
+        if path.endswith("/devices"):
+            return 200, {"devices": [{"device_id": "D", "last_seen_ts": 5}]}
+        if path.endswith("/accountdata"):
+            return 200, {"account_data": {"global": {}}}
+        return (404, {}) if "%40gone" in path else (200, {})
+
+
+async def test_listed_users_skip_the_existence_check() -> None:
+    from nerbot.matrix.admin import AdminProbe
+
+    http = AdminHttp()
+    probe = AdminProbe(http, "token", backup_check=False)  # type: ignore[arg-type]
+    await probe.facts("@a:hs")
+    assert len(http.paths) == 3  # not listed yet: exists? then devices and account data
+    assert await probe.local_users() == ["@a:hs", "@b:hs"]
+    http.paths.clear()
+    facts = await probe.facts("@b:hs")
+    assert facts.exists and facts.last_seen_ms == {"D": 5} and len(http.paths) == 2
+    assert not (await probe.facts("@gone:hs")).exists
