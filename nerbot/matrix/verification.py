@@ -233,6 +233,19 @@ class VerificationService:
             # A bare start (no request first) is a to-device thing of older clients; in a
             # room, a start for a request that is not ours belongs to other people's flow.
             if event_type != v.REQUEST and (event_type != v.START or transport == "in_room"):
+                # A transaction the bot recorded is not unknown: a late step of one that has
+                # ended (their "done" after ours), or of one a restart interrupted, which
+                # ``end_interrupted`` finishes or cancels. Cancelling it here would undo a
+                # verification the bot is about to record (measured: a kill right after the
+                # person's "They match", then their "done" arriving before the resume).
+                if self.store.verification_recorded(txn):
+                    code = content.get("code")
+                    if event_type == v.CANCEL and self.store.pending_verification(txn):
+                        # They gave up on one a restart interrupted: it ends as they said.
+                        self.store.verification_ended(
+                            txn, "cancelled", now,
+                            cancel_code=code if isinstance(code, str) else v.USER)
+                    return
                 if transport == "to_device" and event_type != v.CANCEL:
                     await self._send_to_device(sender, content.get("from_device") or "*", txn,
                                                v.CANCEL, {"code": v.UNKNOWN_TRANSACTION,
@@ -572,6 +585,8 @@ class VerificationService:
         """
         for row in self.store.interrupted_verifications():
             user = UserId(str(row["user_id"]))
+            if self.store.pending_verification(str(row["txn"])) is None:
+                continue  # ended meanwhile (the person cancelled it)
             try:
                 if row["resume"]:
                     resume = json.loads(str(row["resume"]))

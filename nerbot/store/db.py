@@ -636,6 +636,9 @@ class Store:
                 "resume = NULL WHERE txn = ?",
                 [now_ms, result, cancel_code, int(master_key_signed), device_id or "", txn])
 
+    def verification_recorded(self, txn: str) -> bool:
+        return self._one("SELECT 1 FROM verifications WHERE txn = ?", [txn]) is not None
+
     def pending_verification(self, txn: str) -> tuple[str, int] | None:
         """``(transport, started_ms)`` of a verification not ended yet; None if there is none."""
         row = self._one("SELECT transport, started_ms FROM verifications "

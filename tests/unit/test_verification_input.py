@@ -520,3 +520,24 @@ async def test_in_room_hostile_events_are_dropped_at_intake() -> None:
     await room_event(stale, NOW, "m.room.message")
     assert h.rec.room_sends == [("!dm:hs", v.READY)]
     assert [r["transport"] for r in h.store.verifications()] == ["in_room"]
+
+
+async def test_late_steps_of_a_recorded_transaction_are_not_unknown() -> None:
+    """After a restart the bot knows a transaction from its records, not from memory: a late
+    "done" must not draw m.unknown_transaction (that cancelled, on the person's side, one the
+    restarted bot was finishing), and a cancel of an interrupted one ends it as they said."""
+    h = Harness()
+    h.store.verification_started("t-ended", UserId(ALICE), ALICE_DEV, "incoming", "to_device",
+                                 NOW)
+    h.store.verification_ended("t-ended", "verified", NOW)
+    h.store.verification_started("t-cut", UserId(ALICE), ALICE_DEV, "incoming", "to_device",
+                                 NOW)
+    await h.to_device(ALICE, v.DONE, {"transaction_id": "t-ended"})
+    await h.to_device(ALICE, v.DONE, {"transaction_id": "t-never"})
+    assert h.sent() == [(v.CANCEL, v.UNKNOWN_TRANSACTION)]  # only the one never recorded
+    await h.to_device(ALICE, v.CANCEL, {"transaction_id": "t-cut", "code": "m.user",
+                                        "reason": "closed"})
+    assert [(r["txn"], r["result"]) for r in h.store.verifications()] == [
+        ("t-ended", "verified"), ("t-cut", "cancelled")]
+    await h.service.end_interrupted()  # nothing left to finish or cancel
+    assert h.sent() == [(v.CANCEL, v.UNKNOWN_TRANSACTION)]
