@@ -445,9 +445,7 @@ class VerificationService:
                         master_key: dict[str, Any] | None, open_dm: bool) -> None:
         """Their MAC held: trust them, record it, tell them (as far as the DM rule allows)."""
         signed = await self._trust(user, device_id, master_key_id, master_key)
-        self._count_end(txn, "verified", None)
-        self.store.verification_ended(txn, "verified", self.clock.now_ms(),
-                                      device_id=device_id, master_key_signed=signed)
+        self._record_end(txn, "verified", None, device_id=device_id, master_key_signed=signed)
         ui = self._ui_for(user, open_dm)
         if ui is not None:
             await ui.verified(user, device_id, signed)
@@ -456,24 +454,26 @@ class VerificationService:
                          open_dm: bool) -> None:
         """A verification that really started ended without success: record it, tell them."""
         result = "timeout" if code == v.TIMEOUT else "cancelled"
-        self._count_end(txn, result, code)
-        pending = self.store.pending_verification(txn)
-        self.store.verification_ended(txn, result, self.clock.now_ms(), cancel_code=code)
+        pending = self._record_end(txn, result, code)
         if code in MISMATCH_CODES and pending is not None and self.on_mismatch is not None:
             self.on_mismatch(user, txn, pending[0], code)  # the other side saw other keys
         ui = self._ui_for(user, open_dm)
         if ui is not None:
             await ui.cancelled(user, code, by_us)
 
-    def _count_end(self, txn: str, result: str, code: str | None) -> None:
-        """Count a recorded verification's end, once (before the store marks it ended)."""
-        if self.metrics is None:
-            return
+    def _record_end(self, txn: str, result: str, code: str | None,
+                    **ended: Any) -> tuple[str, int] | None:
+        """Record a verification's end; counted in the metrics only if it was still pending
+        (an end recorded twice is counted once). Returns ``(transport, started_ms)`` of the
+        pending row, or None."""
         pending = self.store.pending_verification(txn)
-        if pending is not None:
+        now = self.clock.now_ms()
+        self.store.verification_ended(txn, result, now, cancel_code=code, **ended)
+        if pending is not None and self.metrics is not None:
             transport, started_ms = pending
             self.metrics.verification(transport, verification_outcome(result, code),
-                                      (self.clock.now_ms() - started_ms) / 1000)
+                                      (now - started_ms) / 1000)
+        return pending
 
     async def _send(self, active: Active, event_type: str, content: dict[str, Any]) -> None:
         flow = active.flow
