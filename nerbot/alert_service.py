@@ -60,6 +60,9 @@ class AlertService:
         # (user, when): new unverified sessions of theirs were counted (the alarm's threshold)
         self.on_new_sessions: Callable[[UserId, int], None] | None = None
         self._parked: set[str] = set()  # out of tries: checked again on retry_now
+        # The facts each user's last completed check reviewed: the very same object again (a
+        # rescan with nothing changed) has nothing new to say, and costs no database read.
+        self._reviewed: dict[str, KeyFacts] = {}
 
     def devices_changed(self, user_ids: Iterable[str]) -> None:
         """From sync: look at the changed users once the burst has settled, in one batch."""
@@ -167,6 +170,8 @@ class AlertService:
             facts = (await self.keys.facts([user_id], fresh=fresh)).get(user_id)
         if facts is None:  # the user is gone, or the server did not answer for them
             return None
+        if self._reviewed.get(user_id) is facts:
+            return None
         now = self.clock.now_ms()
         decision = review_sessions(self.store.known_devices(user_id),
                                    self.store.known_master_key(user_id), facts)
@@ -180,6 +185,7 @@ class AlertService:
                 self.store.remember_devices(user_id, decision.remember_devices, now)
             if decision.remember_master_key is not None:
                 self.store.remember_master_key(user_id, decision.remember_master_key, now)
+        self._reviewed[user_id] = facts
         if decision.alert and deliver:
             await self.outbox.deliver()
         return decision

@@ -91,6 +91,7 @@ class NerbotApp:
         self.metrics = BotMetrics()  # counted always; served only with [metrics] listen
         self.metrics_server: MetricsServer | None = None
         self._stopped = asyncio.Event()
+        self._stopping: asyncio.Future[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -194,8 +195,13 @@ class NerbotApp:
         logger.info("nerbot is running as %s (device %s)", client.user_id, client.device_id)
 
     async def stop(self) -> None:
-        if self._stopped.is_set():
-            return
+        """Stop once; a second caller (the CLI's ``finally`` after SIGTERM's handler) waits
+        for the first to finish, or the loop would end with sessions still open."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self) -> None:
         self._stopped.set()
         if self.metrics_server is not None:  # first: its gauges read the store
             await self.metrics_server.stop()
@@ -225,13 +231,14 @@ class NerbotApp:
         if config.synapse_admin.token:
             admin = self.admin_probe = AdminProbe(http, config.synapse_admin.token,
                                backup_check=config.synapse_admin.backup_check == "admin-login",
-                               concurrency=config.synapse_admin.concurrency)
+                               concurrency=config.synapse_admin.concurrency, clock=self.clock)
         policy = AssessmentPolicy(stale_after_days=config.assessment.stale_after_days)
         home = server_of(config.matrix.user_id)
         assert self.store is not None
         return HygieneService(self.directory, admin, policy, self.clock,
                               is_local=lambda user_id: server_of(user_id) == home,
-                              record=self.store.record_assessments)
+                              record=self.store.record_assessments,
+                              activity=admin.listed if admin is not None else None)
 
     async def _exempt_from_rate_limits(self) -> None:
         """Check Synapse's rate-limit override for the bot and, unless switched off, set it

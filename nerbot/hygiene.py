@@ -3,6 +3,10 @@
 Async edge around the pure assessment. It knows sources only through two small protocols, so
 the assessment never learns where a fact came from.
 
+Facts of people the bot shares no room with are re-read at each scan unless Synapse's user
+listing shows no request of theirs since they were read (``nerbot.domain.freshness``): an
+unchanged rescan of thousands of local people then costs no request per person.
+
 The admin API answers only for the bot's own server, so it is asked only about local users;
 people on other servers are assessed from what federation shows (their keys), and their
 reports say what cannot be seen from here. A user whose facts cannot be had is left out of the
@@ -13,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Protocol
 
 from nerbot.domain.assessment import DAY_MS, AssessmentPolicy, UserReport, assess_user
 from nerbot.domain.community import HygieneRecord, hygiene_record
 from nerbot.domain.facts import AdminFacts, KeyFacts, combine
+from nerbot.domain.freshness import LISTING_VALID_MS, Fetched, Listed, still_current
 from nerbot.errors import FactsUnavailable
 from nerbot.ports import Clock
 
@@ -28,8 +33,9 @@ ADMIN_CACHE_MS = 10 * 60 * 1000
 
 
 class KeySource(Protocol):
-    async def facts(self, user_ids: Iterable[str], fresh: bool = False) -> dict[str, KeyFacts]:
-        ...
+    async def facts(self, user_ids: Iterable[str], fresh: bool = False,
+                    reuse: Collection[str] = ()) -> dict[str, KeyFacts]:
+        """``reuse``: users whose cached facts stand even if they share no room with us."""
 
     def invalidate(self, user_ids: Iterable[str]) -> None: ...
 
@@ -50,8 +56,13 @@ class HygieneService:
         admin_cache_ms: int = ADMIN_CACHE_MS,
         is_local: Callable[[str], bool] = lambda _user: True,
         record: Callable[[list[HygieneRecord]], None] | None = None,
+        activity: Callable[[str], Listed | None] | None = None,
     ) -> None:
-        """``record``: keeps each new assessment for the community report (the store)."""
+        """``record``: keeps each new assessment for the community report (the store).
+        ``activity``: a local user as the latest user listing showed them (the admin probe),
+        None when it did not (or showed no ``last_seen_ts``)."""
+        self.activity = activity
+        self._fetched: dict[str, Fetched] = {}
         self.record = record
         self.keys = keys
         self.admin = admin
@@ -70,8 +81,28 @@ class HygieneService:
         for user_id in users:
             self._admin_cache.pop(user_id, None)
             self._reports.pop(user_id, None)
+            self._fetched.pop(user_id, None)
 
-    async def _admin_facts(self, user_ids: list[str], fresh: bool
+    def _unchanged(self, users: list[str], now: int, fresh: bool
+                   ) -> tuple[set[str], dict[str, Fetched]]:
+        """Who made no request since their facts were fetched, and, for the others, what to
+        remember once they are fetched now."""
+        if self.activity is None:
+            return set(), {}
+        unchanged: set[str] = set()
+        refetched: dict[str, Fetched] = {}
+        for user_id in users:
+            listed = self.activity(user_id)
+            if listed is None:
+                continue
+            before = None if fresh else self._fetched.get(user_id)
+            if before is not None and still_current(before, listed, now):
+                unchanged.add(user_id)
+            elif now - listed.listed_at_ms <= LISTING_VALID_MS:
+                refetched[user_id] = Fetched(now, listed.last_seen_ms)
+        return unchanged, refetched
+
+    async def _admin_facts(self, user_ids: list[str], fresh: bool, reuse: Collection[str] = ()
                            ) -> tuple[dict[str, AdminFacts], set[str]]:
         """Admin facts of the local users among ``user_ids``, and whose could not be read."""
         if self.admin is None:
@@ -84,7 +115,7 @@ class HygieneService:
             if not self.is_local(user_id):
                 continue  # Synapse's admin API knows only its own users
             hit = None if fresh else self._admin_cache.get(user_id)
-            if hit is not None and now - hit[0] < self.admin_cache_ms:
+            if hit is not None and (now - hit[0] < self.admin_cache_ms or user_id in reuse):
                 result[user_id] = hit[1]
             else:
                 missing.append(user_id)
@@ -108,10 +139,14 @@ class HygieneService:
                      ) -> dict[str, UserReport]:
         """Reports for every user whose facts could be had; the others are left out."""
         users = list(dict.fromkeys(user_ids))
+        unchanged, refetched = self._unchanged(users, self.clock.now_ms(), fresh)
         async with asyncio.TaskGroup() as group:  # no request outlives a failed sibling
-            keys_task = group.create_task(self.keys.facts(users, fresh=fresh))
-            admin_task = group.create_task(self._admin_facts(users, fresh))
+            keys_task = group.create_task(self.keys.facts(users, fresh=fresh, reuse=unchanged))
+            admin_task = group.create_task(self._admin_facts(users, fresh, unchanged))
         keys, (admin, admin_failed) = keys_task.result(), admin_task.result()
+        for user_id, fetched in refetched.items():
+            if user_id in keys and user_id not in admin_failed:
+                self._fetched[user_id] = fetched
         now = self.clock.now_ms()
         day = now // DAY_MS
         reports: dict[str, UserReport] = {}

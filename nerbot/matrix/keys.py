@@ -17,7 +17,7 @@ import hashlib
 import logging
 import urllib.parse
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,16 +150,19 @@ class KeyDirectory:
     def cached(self, user_id: str) -> KeyFacts | None:
         return self._cache.get(user_id)
 
-    async def facts(self, user_ids: Iterable[str], fresh: bool = False) -> dict[str, KeyFacts]:
+    async def facts(self, user_ids: Iterable[str], fresh: bool = False,
+                    reuse: Collection[str] = ()) -> dict[str, KeyFacts]:
         """Facts for each user that could be had; a user left out of the result is unavailable
-        (logged here with the reason), never a user without keys."""
+        (logged here with the reason), never a user without keys. ``reuse``: users known not
+        to have changed (``nerbot.domain.freshness``), whose cached facts stand too."""
         wanted = list(dict.fromkeys(user_ids))
         result: dict[str, KeyFacts] = {}
         missing: list[str] = []
         for user_id in wanted:
             cached = None if fresh else self._cache.get(user_id)
-            # Only room-mates' device-list changes reach us, so only their entries are trusted.
-            if cached is not None and self.shares_room(user_id):
+            # Only room-mates' device-list changes reach us, so only their entries are trusted,
+            # and those of people whose activity shows no change.
+            if cached is not None and (user_id in reuse or self.shares_room(user_id)):
                 result[user_id] = cached
             else:
                 missing.append(user_id)

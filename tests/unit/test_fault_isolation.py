@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 import pytest
 
@@ -110,7 +110,8 @@ class Keys:
         self.down = down
         self.asked: list[list[str]] = []
 
-    async def facts(self, user_ids: Iterable[str], fresh: bool = False) -> dict[str, KeyFacts]:
+    async def facts(self, user_ids: Iterable[str], fresh: bool = False,
+                    reuse: Collection[str] = ()) -> dict[str, KeyFacts]:
         users = list(user_ids)
         self.asked.append(users)
         return {u: KeyFacts(u, True, True, "M", (DeviceFacts(f"N{len(self.asked)}", "new",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import pytest
 
@@ -26,7 +26,8 @@ class Keys:
                                                 (DeviceFacts("A", None, True, True),))}
         self.calls = 0
 
-    async def facts(self, user_ids: Iterable[str], fresh: bool = False) -> dict[str, KeyFacts]:
+    async def facts(self, user_ids: Iterable[str], fresh: bool = False,
+                    reuse: Collection[str] = ()) -> dict[str, KeyFacts]:
         self.calls += 1
         return {u: self.facts_by_user[u] for u in user_ids}
 
@@ -80,7 +81,8 @@ class Federation(Keys):
         self.facts_by_user["@r:far"] = KeyFacts("@r:far", True, True, "R",
                                                 (DeviceFacts("R", None, True, False),))
 
-    async def facts(self, user_ids: Iterable[str], fresh: bool = False) -> dict[str, KeyFacts]:
+    async def facts(self, user_ids: Iterable[str], fresh: bool = False,
+                    reuse: Collection[str] = ()) -> dict[str, KeyFacts]:
         self.calls += 1
         return {u: self.facts_by_user[u] for u in user_ids if u in self.facts_by_user}
 

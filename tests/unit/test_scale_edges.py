@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -138,3 +139,37 @@ async def test_listed_users_skip_the_existence_check() -> None:
     facts = await probe.facts("@b:hs")
     assert facts.exists and facts.last_seen_ms == {"D": 5} and len(http.paths) == 2
     assert not (await probe.facts("@gone:hs")).exists
+
+
+class SlowToClose:
+    """An HTTP client whose close takes a while (connections to drain)."""
+
+    def __init__(self) -> None:
+        self.closing = asyncio.Event()
+        self.release = asyncio.Event()
+        self.closed = False
+
+    async def close(self) -> None:
+        self.closing.set()
+        await self.release.wait()
+        self.closed = True
+
+
+async def test_a_second_stop_waits_for_the_first_to_finish() -> None:
+    # SIGTERM's handler starts stop(); the CLI's ``finally`` calls it again as the main task
+    # ends. Returning early there ended the loop with sessions still open (bench/scale.py's
+    # bot logged "Unclosed client session" and never "nerbot stopped").
+    from nerbot.app import NerbotApp
+    from nerbot.config import parse_config
+
+    raw = {"matrix": {"homeserver": "https://hs.example/", "user_id": "@bot:hs.example"}}
+    app = NerbotApp(parse_config(raw, {"NERBOT_PASSWORD": "pw"}, Path("/srv/nerbot")))
+    http = SlowToClose()
+    app.http = http  # type: ignore[assignment]
+    first, second = asyncio.ensure_future(app.stop()), asyncio.ensure_future(app.stop())
+    closed_when_done: list[bool] = []
+    second.add_done_callback(lambda _: closed_when_done.append(http.closed))
+    await http.closing.wait()  # the first is closing the client now
+    http.release.set()
+    await asyncio.gather(first, second)
+    assert closed_when_done == [True]
