@@ -131,6 +131,8 @@ RUNNING_RE = re.compile(r"nerbot is running as (\S+)")
 LOGGED_IN_RE = re.compile(r"Logged in as \S+ on device \S+")
 SCAN_RE = re.compile(r"Reminder scan: (\d+) users, (\d+) queued, held (\{.*?\}), (\d+) failed "
                      r"\(([\d.]+) s\)")
+FACTS_RE = re.compile(r"Facts for (\d+) people in ([\d.]+) s: keys ([\d.]+) s, admin API "
+                      r"([\d.]+) s \((\d+) people unchanged since read\)")
 FIRST_SYNC_RE = re.compile(r"First sync: (\d+) joined rooms, (\d+) invites, ([\d.]+) s")
 LOG_TIME_RE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
 HELP_MARK = "show this list"  # in the answer to !help (en)
@@ -554,6 +556,20 @@ class Found:
     index: int  # line number in this process's output
 
 
+def facts_split(bot: BotProcess, scan: Found) -> str:
+    """Where a scan's time went, from the bot's "Facts for …" line just before its scan line
+    (logged by versions that log it)."""
+    for line in reversed(bot.lines[:scan.index]):
+        found = FACTS_RE.search(line)
+        if found:
+            return (f"; facts: keys {float(found.group(3)):.1f} s, admin API "
+                    f"{float(found.group(4)):.1f} s, {found.group(5)} people unchanged since "
+                    f"read")
+        if SCAN_RE.search(line):
+            break
+    return ""
+
+
 class BotProcess:
     """``python -m nerbot run -c CONFIG``: started, watched (log, /proc) and stopped by PID."""
 
@@ -913,14 +929,15 @@ class Bench:
             report.line(f"    cold scan: {first.match.group(1)} users in {cold:.1f} s "
                         f"(started {first.at - cold - bot.started_wall:.1f} s after process "
                         f"start); held {held}, {first.match.group(4)} failed; at risk by the "
-                        f"world: {expected} people")
+                        f"world: {expected} people{facts_split(bot, first)}")
             report.row("cold scan (bot A, quiet hours)", f"{cold:.1f} s", f"<= {TARGET_SCAN}x raw",
                        f"{cold / raw:.2f}", verdict(cold / raw <= TARGET_SCAN))
             rescan = await self._next_scan(bot, first)
             warm = float(rescan.match.group(5))
             report.line(f"    unchanged rescan (the scheduler's, {rescan.at - first.at:.0f} s "
                         f"after the first ended): {rescan.match.group(1)} users in {warm:.1f} s; "
-                        f"held {ast.literal_eval(rescan.match.group(3))}")
+                        f"held {ast.literal_eval(rescan.match.group(3))}"
+                        f"{facts_split(bot, rescan)}")
             report.row("unchanged rescan (bot A, +5 min)", f"{warm:.1f} s",
                        f"<= {TARGET_RESCAN}x raw", f"{warm / raw:.3f}",
                        verdict(warm / raw <= TARGET_RESCAN))
@@ -973,7 +990,8 @@ class Bench:
         expected = sum(p.at_risk for p in world.people)
         report.line(f"    its scan (cold, queues the campaign): {scan.match.group(1)} users in "
                     f"{seconds:.1f} s; queued {queued} (at risk by the world: {expected}), held "
-                    f"{ast.literal_eval(scan.match.group(3))}, {scan.match.group(4)} failed")
+                    f"{ast.literal_eval(scan.match.group(3))}, {scan.match.group(4)} failed"
+                    f"{facts_split(bot, scan)}")
         if self.raw_seconds is not None:
             ratio = seconds / self.raw_seconds
             report.row("cold scan + queue (bot B)", f"{seconds:.1f} s", f"<= {TARGET_SCAN}x raw",
