@@ -132,7 +132,7 @@ LOGGED_IN_RE = re.compile(r"Logged in as \S+ on device \S+")
 SCAN_RE = re.compile(r"Reminder scan: (\d+) users, (\d+) queued, held (\{.*?\}), (\d+) failed "
                      r"\(([\d.]+) s\)")
 FACTS_RE = re.compile(r"Facts for (\d+) people in ([\d.]+) s: keys ([\d.]+) s, admin API "
-                      r"([\d.]+) s \((\d+) people unchanged since read\)")
+                      r"([\d.]+) s, (\d+) unchanged since read")
 FIRST_SYNC_RE = re.compile(r"First sync: (\d+) joined rooms, (\d+) invites, ([\d.]+) s")
 LOG_TIME_RE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
 HELP_MARK = "show this list"  # in the answer to !help (en)

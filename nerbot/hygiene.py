@@ -151,8 +151,8 @@ class HygieneService:
             keys_task.result(), admin_task.result())
         # Where a scan's time goes: the admin API is asked per person, /keys/query in batches.
         logger.log(logging.INFO if len(users) > 1 else logging.DEBUG,
-                   "Facts for %d people in %.1f s: keys %.1f s, admin API %.1f s (%d people "
-                   "unchanged since read)", len(users), time.monotonic() - started,
+                   "Facts for %d people in %.1f s: keys %.1f s, admin API %.1f s, %d unchanged "
+                   "since read", len(users), time.monotonic() - started,
                    keys_seconds, admin_seconds, len(unchanged))
         for user_id, fetched in refetched.items():
             if user_id in keys and user_id not in admin_failed:

@@ -44,11 +44,12 @@ def _quote(user_id: str) -> str:
     return urllib.parse.quote(user_id, safe="")
 
 
-# Synapse's per-user rate-limit override. A rate of 0 switches off every limiter that knows
-# the user (messages, joins, invites, room creation, ...), whatever the burst says.
 # Users per page of the listing: Synapse counts all users for every page, so 10,000 people
 # in pages of 500 took 2.9 s against 1.3 s in pages of 2,000 (bench/scale.py's world).
 LISTING_PAGE = 2000
+
+# Synapse's per-user rate-limit override. A rate of 0 switches off every limiter that knows
+# the user (messages, joins, invites, room creation, ...), whatever the burst says.
 RATELIMIT_OVERRIDE_PATH = "/_synapse/admin/v1/users/{}/override_ratelimit"
 UNLIMITED: Final[dict[str, int]] = {"messages_per_second": 0, "burst_count": 0}
 RATELIMIT_TIMEOUT_SECONDS = 10.0  # a start-up check: never hold the bot up for long

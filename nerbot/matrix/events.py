@@ -81,14 +81,17 @@ class EventRouter:
             self.on_devices_changed(changed)
 
     def shares_room(self, user_id: str) -> bool:
-        """Whether the user is in a room with the bot (then sync tells us of their changes).
+        """Whether the user has joined a room the bot is in (then sync tells us of their
+        device changes; it does not for people only invited, such as everyone who has not
+        yet accepted the bot's reminder DM).
 
         One set of everyone in the bot's rooms, rebuilt at most once per sync: a scan asks for
         thousands of people, and the bot may be in thousands of DMs.
         """
         if self._room_mates is None:
             self._room_mates = frozenset(user for room in self.client.rooms.values()
-                                         for user in room.users)
+                                         for user in room.users
+                                         if user not in room.invited_users)
         return user_id in self._room_mates
 
     @property

@@ -297,7 +297,7 @@ async def test_missed_scans_run_once_at_start(
 
 
 async def test_admin_wide_scan_reaches_users_in_no_shared_room_and_sees_new_sessions(
-    tmp_path: Any
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Its own homeserver: "every local user" must not mean every user of the other tests.
     synapse = LocalSynapse(tmp_path / "hs")
@@ -333,6 +333,40 @@ async def test_admin_wide_scan_reaches_users_in_no_shared_room_and_sees_new_sess
         await scan(bot)  # sync never reports this user's devices: the scan notices
         [alert] = [m for m in bot.store.outbox(UserId(loner.user_id)) if m.kind == "alert"]
         assert f"`{new.device_id}` stranger" in alert.body and alert.status == "sent"
+
+        # Later, nobody did anything: Synapse's listing shows the same last_seen_ts. Facts read
+        # minutes after it are trusted (those read right after a request are read once more),
+        # and the rescan after that reads nobody's keys or account data again.
+        clock.advance(10 * 60 * 1000)
+        await scan(bot)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="nerbot.hygiene"):
+            await scan(bot)
+        [facts] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Facts")]
+        assert facts.endswith(", 2 unchanged since read"), facts
+        # A new login is a request of theirs: the listing moves, the next scan reads them again.
+        assert bot.admin_probe is not None
+        def last_seen() -> int | None:
+            assert bot is not None and bot.admin_probe is not None
+            listed = bot.admin_probe.listed(loner.user_id)
+            assert listed is not None  # Synapse's listing shows last_seen_ts
+            return listed.last_seen_ms
+
+        before = last_seen()
+        thief = await asyncio.to_thread(builder.add_device, loner, "thief")
+        for _ in range(300):  # Synapse writes last-seen times in batches (every 5 s)
+            await bot.admin_probe.local_users()
+            if last_seen() != before:
+                break
+            await asyncio.sleep(0.1)
+        assert last_seen() != before
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="nerbot.hygiene"):
+            await scan(bot)
+        [facts] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Facts")]
+        assert facts.endswith(", 1 unchanged since read"), facts  # the admin only
+        alerts = [m for m in bot.store.outbox(UserId(loner.user_id)) if m.kind == "alert"]
+        assert any(f"`{thief.device_id}` thief" in m.body for m in alerts)
     finally:
         if bot is not None:
             await bot.stop()

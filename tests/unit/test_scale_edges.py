@@ -91,13 +91,16 @@ def router(store: Store, rooms: dict[str, Any]) -> EventRouter:
 async def test_room_mates_are_counted_once_per_sync() -> None:
     store = Store(":memory:")
     rooms = {"!a:hs": SimpleNamespace(room_id="!a:hs", users={"@bot:hs": 1, "@x:hs": 1},
-                                      member_count=2)}
+                                      invited_users={}, member_count=2)}
     events = router(store, rooms)
     assert events.shares_room("@x:hs") and not events.shares_room("@y:hs")
-    rooms["!b:hs"] = SimpleNamespace(room_id="!b:hs", users={"@y:hs": 1}, member_count=2)
+    rooms["!b:hs"] = SimpleNamespace(room_id="!b:hs", users={"@y:hs": 1, "@z:hs": 1},
+                                     invited_users={"@z:hs": 1}, member_count=2)
     assert not events.shares_room("@y:hs")  # the same sync: the same answer
     await events._on_sync(SimpleNamespace(device_list=SimpleNamespace(changed=[])))  # type: ignore[arg-type]
     assert events.shares_room("@y:hs")
+    # Only invited (a reminder DM not yet accepted): sync reports no device change of theirs.
+    assert not events.shares_room("@z:hs")
 
 
 def test_a_room_with_two_members_is_a_dm_only_when_recorded_as_one() -> None:
