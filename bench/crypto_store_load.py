@@ -12,8 +12,9 @@ dataclasses field by field): loading n devices costs n²/2 comparisons.
 The script copies the crypto store to a temporary directory and opens it twice, each in a
 fresh subprocess: once with nio as shipped, and once as a what-if with ``DeviceStore`` given a
 ``__contains__`` that looks the device up by user and device ID (the fix to propose upstream;
-nerbot itself runs nio as shipped). It prints both times, the counts, and the ratio. Nothing
-is asserted.
+nerbot itself runs nio as shipped). It prints both times, the counts, the ratio, and the process's
+RSS before and after the load (nio's crypto state in memory, the same either way). Nothing is
+asserted.
 """
 
 from __future__ import annotations
@@ -31,7 +32,11 @@ from pathlib import Path
 logger = logging.getLogger("bench.crypto_store_load")
 
 CHILD = r"""
-import json, sys, time
+import json, re, sys, time
+from pathlib import Path
+def rss_mb():
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
 from nio import AsyncClient, AsyncClientConfig
 from nio.crypto.device import DeviceStore
 
@@ -43,10 +48,11 @@ if what_if:  # the upstream fix, in this measuring subprocess only
 client = AsyncClient("http://127.0.0.1:9", user=user, device_id=device, store_path=store_dir,
                      config=AsyncClientConfig(store_sync_tokens=True, encryption_enabled=True))
 client.user_id = user
+before = rss_mb()
 started = time.perf_counter()
 client.load_store()
 seconds = time.perf_counter() - started
-print(json.dumps({"seconds": seconds,
+print(json.dumps({"seconds": seconds, "rss_before_mb": before, "rss_after_mb": rss_mb(),
                   "devices": sum(len(d) for d in client.device_store.values())}))
 """
 
@@ -80,8 +86,9 @@ def main() -> int:
                     ", ".join(f"{k} {v}" for k, v in counts(copy / dbs[0].name).items()))
         shipped = load(copy, user, device, what_if=False)
         fixed = load(copy, user, device, what_if=True)
-    logger.info("load_store(), nio as shipped:            %.1f s (%d devices)",
-                shipped["seconds"], shipped["devices"])
+    logger.info("load_store(), nio as shipped:            %.1f s (%d devices); RSS %.0f MB -> "
+                "%.0f MB", shipped["seconds"], shipped["devices"], shipped["rss_before_mb"],
+                shipped["rss_after_mb"])
     logger.info("load_store(), DeviceStore.__contains__:  %.1f s (%d devices), what-if only",
                 fixed["seconds"], fixed["devices"])
     logger.info("ratio shipped / what-if: %.1fx", shipped["seconds"] / max(fixed["seconds"], 1e-9))

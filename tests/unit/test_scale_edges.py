@@ -176,3 +176,56 @@ async def test_a_second_stop_waits_for_the_first_to_finish() -> None:
     http.release.set()
     await asyncio.gather(first, second)
     assert closed_when_done == [True]
+
+
+async def test_the_first_syncs_response_is_freed_once_processed() -> None:
+    # With thousands of DMs the first sync's response (parsed events and raw body) was ~90 MB,
+    # kept alive by a local variable of the sync loop for the life of the process.
+    import gc
+    import weakref
+
+    import nio
+
+    from nerbot.matrix.reachability import Recovery
+    from nerbot.matrix.syncer import SyncLoop
+
+    first: list[weakref.ref[Any]] = []
+    alive_at_second_sync: list[bool] = []
+
+    class Client:
+        should_upload_keys = should_query_keys = should_claim_keys = False
+
+        def __init__(self) -> None:
+            self.outgoing_to_device_messages: list[Any] = []
+            self.synced = asyncio.Event()
+            self.callbacks: list[Any] = []
+
+        def add_response_callback(self, callback: Any, kind: Any) -> None:
+            self.callbacks.append((callback, kind))
+
+        async def upload_filter(self, **_: Any) -> Any:
+            return nio.UploadFilterResponse("F1")
+
+        async def sync(self, timeout: int, sync_filter: Any,  # noqa: ASYNC109 (nio's)
+                       full_state: bool | None = None) -> Any:
+            response = nio.SyncResponse("t", None, None, None, None, None)  # type: ignore[arg-type]
+            if first:
+                gc.collect()
+                alive_at_second_sync.append(first[0]() is not None)
+                loop.stop()
+            else:
+                first.append(weakref.ref(response))
+            return response
+
+        async def run_response_callbacks(self, responses: list[Any]) -> None:
+            for response in responses:
+                for callback, kind in self.callbacks:
+                    if isinstance(response, kind):
+                        await callback(response)
+
+    async def probe() -> bool:
+        return True
+
+    loop = SyncLoop(Client(), Recovery(probe))  # type: ignore[arg-type]
+    await loop.run()
+    assert alive_at_second_sync == [False]
