@@ -4,6 +4,8 @@ that never turns an error into a full-state sync."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from typing import Any
 
 import aiohttp
@@ -117,3 +119,37 @@ async def test_after_an_outage_the_sync_resumes_from_its_token_and_says_so() -> 
     await loop.run()
     assert client.full_state == [True, None, None, None]  # only the very first is full-state
     assert reconnected == [3]  # once, at the first sync after the outage
+
+
+class RememberingClient(FlakyClient):
+    """Answers every sync; at the second, notes whether the first response is still alive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first: list[weakref.ref[Any]] = []
+        self.alive_at_second_sync: list[bool] = []
+
+    async def sync(self, timeout: int, sync_filter: Any,  # noqa: ASYNC109 (nio's signature)
+                   full_state: bool | None = None) -> Any:
+        response = nio.SyncResponse("t", None, None, None, None, None)  # type: ignore[arg-type]
+        if self.first:
+            gc.collect()
+            self.alive_at_second_sync.append(self.first[0]() is not None)
+            assert self.loop is not None
+            self.loop.stop()
+        else:
+            self.first.append(weakref.ref(response))
+        return response
+
+
+async def test_the_first_syncs_response_is_freed_once_processed() -> None:
+    # With thousands of DMs the first sync's response (parsed events and raw body) was ~90 MB,
+    # kept alive by a local variable of the sync loop for the life of the process.
+    client = RememberingClient()
+
+    async def probe() -> bool:
+        return True
+
+    client.loop = SyncLoop(client, Recovery(probe))  # type: ignore[arg-type]
+    await client.loop.run()
+    assert client.alive_at_second_sync == [False]
