@@ -44,9 +44,11 @@ def _quote(user_id: str) -> str:
     return urllib.parse.quote(user_id, safe="")
 
 
-# Users per page of the listing: Synapse counts all users for every page, so 10,000 people
-# in pages of 500 took 2.9 s against 1.3 s in pages of 2,000 (bench/scale.py's world).
-LISTING_PAGE = 2000
+# Users per page of the listing. Synapse pages by offset, each page dearer than the last:
+# 10,000 people took 3.2-3.5 s in pages of 500, 1.2-1.3 s in pages of 2,000 and 0.73-0.76 s
+# in pages of 5,000 (bench/scale.py's world, Synapse otherwise idle). A page of 5,000 is
+# about 1.5 MB of JSON.
+LISTING_PAGE = 5000
 
 # Synapse's per-user rate-limit override. A rate of 0 switches off every limiter that knows
 # the user (messages, joins, invites, room creation, ...), whatever the burst says.
