@@ -239,8 +239,11 @@ async def test_stalled_peer_never_answers(unverified_pair: Pair) -> None:
             await b.peer.call("next_request", timeout=2)
         # Dropped before the crypto saw it (the sync hook the SDK has was wrapped), not merely
         # left unanswered.
+        # The request must be among what was dropped. CI once saw two verification events in
+        # that batch (which second one was not recorded then; the types are reported now).
         dropped = await b.peer.next_event("stall_dropped", timeout=5)
-        assert (dropped["transport"], dropped["count"]) == ("to-device", 1)
+        assert dropped["transport"] == "to-device"
+        assert "m.key.verification.request" in dropped["types"], dropped
         assert not [e for e in a.peer.events if e.get("txn") == txn and e.get("phase") == "ready"]
         await a.peer.call("cancel")
         cancelled = await a.peer.next_event("cancelled", timeout=5, txn=txn)

@@ -261,7 +261,8 @@ function dropStalled(events) {
   const kept = events.filter((ev) => !String(ev.type ?? "").startsWith(VERIFICATION_PREFIX));
   if (kept.length !== events.length) {
     log(`stalled: dropped ${events.length - kept.length} to-device verification event(s)`);
-    emit("stall_dropped", { transport: "to-device", count: events.length - kept.length });
+    const types = events.filter((ev) => !kept.includes(ev)).map((ev) => String(ev.type));
+    emit("stall_dropped", { transport: "to-device", count: types.length, types });
   }
   return kept;
 }
