@@ -238,12 +238,10 @@ async def test_stalled_peer_never_answers(unverified_pair: Pair) -> None:
         with pytest.raises(JsPeerError, match="no incoming verification request"):
             await b.peer.call("next_request", timeout=2)
         # Dropped before the crypto saw it (the sync hook the SDK has was wrapped), not merely
-        # left unanswered.
-        # The request must be among what was dropped. CI once saw two verification events in
-        # that batch (which second one was not recorded then; the types are reported now).
-        dropped = await b.peer.next_event("stall_dropped", timeout=5)
-        assert dropped["transport"] == "to-device"
-        assert "m.key.verification.request" in dropped["types"], dropped
+        # left unanswered. (Late steps of the earlier tests' verifications between the same
+        # pair may be dropped too: the cancel of test_other_side_cancels, seen in CI.)
+        await b.peer.next_event("stall_dropped", timeout=5, transport="to-device",
+                                type="m.key.verification.request", txn=txn)
         assert not [e for e in a.peer.events if e.get("txn") == txn and e.get("phase") == "ready"]
         await a.peer.call("cancel")
         cancelled = await a.peer.next_event("cancelled", timeout=5, txn=txn)

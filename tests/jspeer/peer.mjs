@@ -259,10 +259,12 @@ function nextIncoming(timeoutMs) {
 function dropStalled(events) {
   if (!stalled) return events;
   const kept = events.filter((ev) => !String(ev.type ?? "").startsWith(VERIFICATION_PREFIX));
-  if (kept.length !== events.length) {
-    log(`stalled: dropped ${events.length - kept.length} to-device verification event(s)`);
-    const types = events.filter((ev) => !kept.includes(ev)).map((ev) => String(ev.type));
-    emit("stall_dropped", { transport: "to-device", count: types.length, types });
+  for (const ev of events.filter((e) => !kept.includes(e))) {
+    // One event per dropped step, with its transaction: a test waits for its own, not for a
+    // late step of an earlier test's verification that happens to arrive during the stall.
+    log(`stalled: dropped to-device ${ev.type}`);
+    emit("stall_dropped", { transport: "to-device", type: String(ev.type),
+                            txn: ev.content?.transaction_id ?? null });
   }
   return kept;
 }
