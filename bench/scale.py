@@ -335,16 +335,10 @@ def build_person(synapse: LocalSynapse, builder: AccountBuilder, admin_token: st
     synapse.request("PUT", _admin_user_path(user_id),
                     {"password": password, "displayname": f"Person {index}"}, token=admin_token)
     account = BuiltAccount(user_id=user_id, localpart=localpart, password=password)
-    for d in range(devices):
-        builder.add_device(account, display_name=f"scale device {d}")
-    if cross:
-        builder.set_up_cross_signing(account)
-        for device_id, flag in zip(list(account.devices), signed, strict=True):
-            if flag:
-                builder.sign_device(account, device_id)
-        if recovery:
-            builder.create_backup(account)
-            builder.set_up_secret_storage(account)
+    builder.equip(account, devices, cross, signed, device_label="scale device")
+    if cross and recovery:
+        builder.create_backup(account)
+        builder.set_up_secret_storage(account)
     first = next(iter(account.devices.values()))
     return Person(index, user_id, password, first.device_id, first.access_token, devices,
                   cross, sum(signed) if cross else 0, recovery)

@@ -346,6 +346,19 @@ class AccountBuilder:
             plan.append((devices, cross, signed))
         return plan
 
+    def equip(self, account: BuiltAccount, devices: int, cross: bool, signed: list[bool],
+              device_label: str) -> None:
+        """Give an account one entry of the :meth:`plan_many` mix: ``devices`` devices with
+        keys ("<device_label> 0", …) and, with ``cross``, a cross-signing identity that
+        signs the devices flagged in ``signed``."""
+        for d in range(devices):
+            self.add_device(account, display_name=f"{device_label} {d}")
+        if cross:
+            self.set_up_cross_signing(account)
+            for device_id, flag in zip(list(account.devices), signed, strict=True):
+                if flag:
+                    self.sign_device(account, device_id)
+
     def build_many(self, n: int, seed: int = 0, workers: int = 8,
                    prefix: str = "bench") -> list[BuiltAccount]:
         """Build ``n`` accounts in the :meth:`plan_many` mix, ``workers`` users in parallel.
@@ -359,13 +372,7 @@ class AccountBuilder:
         def build(index: int) -> BuiltAccount:
             devices, cross, signed = plan[index]
             account = self.create(f"{prefix}-{run}-{index:05d}")
-            for d in range(devices):
-                self.add_device(account, display_name=f"{prefix} device {d}")
-            if cross:
-                self.set_up_cross_signing(account)
-                for device_id, flag in zip(list(account.devices), signed, strict=True):
-                    if flag:
-                        self.sign_device(account, device_id)
+            self.equip(account, devices, cross, signed, device_label=f"{prefix} device")
             return account
 
         started = time.monotonic()
