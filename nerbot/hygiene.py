@@ -24,7 +24,7 @@ from typing import Protocol, TypeVar
 from nerbot.domain.assessment import DAY_MS, AssessmentPolicy, UserReport, assess_user
 from nerbot.domain.community import HygieneRecord, hygiene_record
 from nerbot.domain.facts import AdminFacts, KeyFacts, combine
-from nerbot.domain.freshness import LISTING_VALID_MS, Fetched, Listed, still_current
+from nerbot.domain.freshness import Fetched, Listed, speaks_for_now, still_current
 from nerbot.errors import FactsUnavailable
 from nerbot.ports import Clock
 
@@ -95,12 +95,12 @@ class HygieneService:
         refetched: dict[str, Fetched] = {}
         for user_id in users:
             listed = self.activity(user_id)
-            if listed is None:
-                continue
+            if listed is None or not speaks_for_now(listed, now):
+                continue  # nothing to compare with now, nor to remember for later
             before = None if fresh else self._fetched.get(user_id)
             if before is not None and still_current(before, listed, now):
                 unchanged.add(user_id)
-            elif now - listed.listed_at_ms <= LISTING_VALID_MS:
+            else:
                 refetched[user_id] = Fetched(now, listed.last_seen_ms)
         return unchanged, refetched
 

@@ -40,9 +40,14 @@ class Fetched:
     last_seen_ms: int | None
 
 
+def speaks_for_now(listed: Listed, now_ms: int) -> bool:
+    """Whether the listing is recent enough to say anything about requests made until now."""
+    return now_ms - listed.listed_at_ms <= LISTING_VALID_MS
+
+
 def still_current(fetched: Fetched, listed: Listed, now_ms: int) -> bool:
     """Whether facts fetched then can stand for now (no request of theirs since)."""
-    if now_ms - listed.listed_at_ms > LISTING_VALID_MS or now_ms - fetched.at_ms >= MAX_REUSE_MS:
+    if not speaks_for_now(listed, now_ms) or now_ms - fetched.at_ms >= MAX_REUSE_MS:
         return False
     last_seen = listed.last_seen_ms
     if last_seen != fetched.last_seen_ms:
