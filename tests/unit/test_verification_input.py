@@ -541,3 +541,6 @@ async def test_late_steps_of_a_recorded_transaction_are_not_unknown() -> None:
         ("t-ended", "verified"), ("t-cut", "cancelled")]
     await h.service.end_interrupted()  # nothing left to finish or cancel
     assert h.sent() == [(v.CANCEL, v.UNKNOWN_TRANSACTION)]
+    assert [(r["txn"], r["result"]) for r in h.store.verifications()] == [
+        ("t-ended", "verified"), ("t-cut", "cancelled")]
+    assert h.sent() == [(v.CANCEL, v.UNKNOWN_TRANSACTION)]
