@@ -94,6 +94,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from nerbot.localdev.accounts import AccountBuilder, BuiltAccount
+from nerbot.localdev.configfile import toml_text
 from nerbot.localdev.peer import E2EEPeer
 from nerbot.localdev.synapse import LocalSynapse, SynapseError
 from nerbot.logs import configure_logging
@@ -513,25 +514,8 @@ def retire_bots(synapse: LocalSynapse, world: World, timeout: float = 1800.0) ->
 # -- the bot as a subprocess --------------------------------------------------------------------
 
 
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string for anything we write here
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML for {value!r}")
-
-
 def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> None:
-    lines = []
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        lines.extend(f"{key} = {toml_value(v)}" for key, v in values.items())
-        lines.append("")
-    path.write_text("\n".join(lines))
+    path.write_text(toml_text(sections))
 
 
 def log_time(line: str) -> float | None:

@@ -7,7 +7,6 @@ Imported by the tests here as a sibling module (``from crashkit import ...``).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import random
@@ -20,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from nerbot.localdev.configfile import toml_text
 
 logger = logging.getLogger(__name__)
 
@@ -54,27 +55,6 @@ def config_dict(homeserver: str, bot_id: str, data_dir: Path, **sections: dict[s
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
     return raw
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML for {value!r}")
-
-
-def toml_text(raw: dict[str, dict[str, Any]]) -> str:
-    lines: list[str] = []
-    for section, values in raw.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
-        lines.append("")
-    return "\n".join(lines)
 
 
 class BotProcess:
