@@ -8,7 +8,9 @@ counted in the ``alerts`` table.
 A user whose keys cannot be had (their homeserver is down) or whose check fails is logged with
 their ID and looked at again later, with a growing delay and a bounded number of tries; after
 that they wait for ``retry_now`` (the bot's homeserver is back after an outage) or their next
-device-list change. The others in the batch go on; nobody is dropped.
+device-list change. The others in the batch go on; nobody is dropped. If the batch's key
+query itself fails unexpectedly, everyone in it takes that retry path. The delay grows by the
+bot's one backoff rule (``nerbot.matrix.reachability.backoff_delay``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Protocol
 from nerbot.domain.alerts import AlertDecision, alert_key, alert_txn_id, review_sessions
 from nerbot.domain.facts import KeyFacts
 from nerbot.ids import UserId
+from nerbot.matrix.reachability import backoff_delay
 from nerbot.outbox import OutboxSender
 from nerbot.ports import Clock
 from nerbot.runner import TaskRunner
@@ -80,8 +83,13 @@ class AlertService:
         await asyncio.sleep(self.debounce_seconds)
         users = sorted(self._waiting)
         self._waiting.clear()  # a change during the checks starts the next batch
-        facts = await self.keys.facts(users, fresh=True)  # one batched /keys/query
-        queued = False
+        try:
+            facts = await self.keys.facts(users, fresh=True)  # one batched /keys/query
+        except Exception:  # not one person's failure: the whole batch is tried again
+            logger.exception("Key query for the alert check of %d user(s) failed; all will "
+                             "be tried again: %s", len(users), ", ".join(users))
+            facts = {}
+        alerted = 0
         failed: list[str] = []
         for user_id in users:
             if user_id not in facts:  # their server did not answer (the directory logged it)
@@ -96,10 +104,14 @@ class AlertService:
                 continue
             self._tries.pop(user_id, None)
             self._parked.discard(user_id)
-            queued = queued or (decision is not None and decision.alert)
+            if decision is not None and decision.alert:
+                alerted += 1
+        logger.log(logging.WARNING if failed else logging.INFO,
+                   "Alert check: %d people, %d alerted, %d failed (retrying)",
+                   len(users), alerted, len(failed))
         if failed:
             self._retry_later(failed)
-        if queued:
+        if alerted:
             await self.outbox.deliver()
 
     def _retry_later(self, users: list[str]) -> None:
@@ -115,7 +127,7 @@ class AlertService:
                 again.append(user_id)
         if not again:
             return
-        delay = self.retry_seconds * 2 ** (min(self._tries[u] for u in again) - 1)
+        delay = backoff_delay(self.retry_seconds, min(self._tries[u] for u in again))
 
         async def retry() -> None:
             await asyncio.sleep(delay)

@@ -39,7 +39,7 @@ from nerbot.matrix.keys import FETCH_ERRORS, KeyDirectory, user_exists
 from nerbot.matrix.reachability import UNREACHABLE_ERRORS, Recovery, versions_probe
 from nerbot.matrix.session import MatrixSession, open_session
 from nerbot.matrix.syncer import SyncLoop
-from nerbot.matrix.transport import MatrixTransport
+from nerbot.matrix.transport import DirectRooms, MatrixTransport
 from nerbot.matrix.verification import VerificationService
 from nerbot.metrics import BotMetrics, MetricsServer, StateSources
 from nerbot.outbox import OutboxSender
@@ -484,6 +484,18 @@ class NerbotApp:
             self.alerts.retry_now()
         if self.reminders is not None and self.config.reminders.enabled:
             self.runner.spawn(self.reminders.retry_failed(), name="scan after outage")
+        if self.transport is not None:
+            self.runner.spawn(self._direct_after_outage(self.transport.direct),
+                              name="m.direct after outage")
+
+    async def _direct_after_outage(self, direct: DirectRooms) -> None:
+        """A ``m.direct`` write that failed meanwhile (and what a failed start-up check left
+        undone) is written now, not only at the next new DM, stop or start."""
+        try:
+            await direct.reconcile()  # one read; a write only if the map lacks rooms
+        except Exception as exc:  # still pending: the next reconnection, DM or stop writes it
+            logger.warning("Writing m.direct after the outage failed: %s: %s",
+                           type(exc).__name__, exc)
 
     # -- handlers ---------------------------------------------------------------------------
 

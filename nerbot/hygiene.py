@@ -10,7 +10,8 @@ unchanged rescan of thousands of local people then costs no request per person.
 The admin API answers only for the bot's own server, so it is asked only about local users;
 people on other servers are assessed from what federation shows (their keys), and their
 reports say what cannot be seen from here. A user whose facts cannot be had is left out of the
-result (logged with their ID), never assessed from half the facts.
+result (logged with their ID), never assessed from half the facts; so is one whose assessment
+fails. The summary line counts both. A report that cannot be recorded is still returned.
 """
 
 from __future__ import annotations
@@ -149,11 +150,7 @@ class HygieneService:
             admin_task = group.create_task(_timed(self._admin_facts(users, fresh, unchanged)))
         (keys, keys_seconds), ((admin, admin_failed), admin_seconds) = (
             keys_task.result(), admin_task.result())
-        # Where a scan's time goes: the admin API is asked per person, /keys/query in batches.
-        logger.log(logging.INFO if len(users) > 1 else logging.DEBUG,
-                   "Facts for %d people in %.1f s: keys %.1f s, admin API %.1f s, %d unchanged "
-                   "since read", len(users), time.monotonic() - started,
-                   keys_seconds, admin_seconds, len(unchanged))
+        facts_seconds = time.monotonic() - started
         for user_id, fetched in refetched.items():
             if user_id in keys and user_id not in admin_failed:
                 self._fetched[user_id] = fetched
@@ -161,24 +158,64 @@ class HygieneService:
         day = now // DAY_MS
         reports: dict[str, UserReport] = {}
         new: list[HygieneRecord] = []
+        unavailable = failed = 0
         for user_id in users:
             key_facts, admin_facts = keys.get(user_id), admin.get(user_id)
             if key_facts is None or user_id in admin_failed:
+                unavailable += 1  # the directory or the admin step logged who and why
                 continue
             memo = self._reports.get(user_id)
             if memo is not None and memo[0] is key_facts and memo[1] is admin_facts \
                     and memo[2] == day:
                 reports[user_id] = memo[3]
                 continue
-            facts = combine(key_facts, admin_facts, remote=not self.is_local(user_id))
-            report = assess_user(facts, self.policy, now)
+            try:
+                facts = combine(key_facts, admin_facts, remote=not self.is_local(user_id))
+                report = assess_user(facts, self.policy, now)
+                record = hygiene_record(report, now) if report.exists else None
+            except Exception:  # this person is left out (and tried again next time)
+                logger.exception("Assessment of %s failed; left out, the others go on",
+                                 user_id)
+                failed += 1
+                continue
             self._reports[user_id] = (key_facts, admin_facts, day, report)
             reports[user_id] = report
-            if report.exists:
-                new.append(hygiene_record(report, now))
+            if record is not None:
+                new.append(record)
+        # Where a scan's time goes: the admin API is asked per person, /keys/query in batches.
+        # (bench/scale.py parses this line: new fields go at its end.)
+        logger.log(logging.INFO if len(users) > 1 else logging.DEBUG,
+                   "Facts for %d people in %.1f s: keys %.1f s, admin API %.1f s, %d unchanged "
+                   "since read, %d unavailable, %d failed", len(users), facts_seconds,
+                   keys_seconds, admin_seconds, len(unchanged), unavailable, failed)
         if new and self.record is not None:  # an unchanged report was recorded before
-            self.record(new)
+            self._keep(self.record, new)
         return reports
+
+    def _keep(self, record: Callable[[list[HygieneRecord]], None],
+              new: list[HygieneRecord]) -> None:
+        """Record the new assessments; if the batch cannot be written, each person on their
+        own. Whoever still fails keeps their report but is recorded at their next assessment
+        (their memo is dropped), so nobody's assessment is lost to someone else's."""
+        try:
+            record(new)
+            return
+        except Exception as exc:
+            if len(new) == 1:
+                self._not_recorded(new[0].user_id, exc)
+                return
+            logger.warning("Recording %d assessments failed (%s: %s); recording them one by "
+                           "one", len(new), type(exc).__name__, exc)
+        for one in new:
+            try:
+                record([one])
+            except Exception as exc:
+                self._not_recorded(one.user_id, exc)
+
+    def _not_recorded(self, user_id: str, exc: Exception) -> None:
+        logger.warning("Assessment of %s not recorded for the report (%s: %s); recorded at "
+                       "their next assessment", user_id, type(exc).__name__, exc)
+        self._reports.pop(user_id, None)
 
     async def assess_one(self, user_id: str, fresh: bool = False) -> UserReport:
         """One user's report; raises ``FactsUnavailable`` when it cannot be made now."""

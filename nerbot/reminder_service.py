@@ -90,6 +90,9 @@ class ReminderService:
         self._monotonic = monotonic or time.monotonic
         self._running: set[asyncio.Task[Any]] = set()  # scheduled runs, cancelled on stop
         self.last_failed = 0  # people the last scan could not look at
+        # The last scan could not even find or assess its people (e.g. the homeserver was
+        # away during the admin API's user listing): ``retry_failed`` runs it again.
+        self.last_run_failed = False
 
     # -- deciding ------------------------------------------------------------------------------
 
@@ -128,8 +131,13 @@ class ReminderService:
         """One full pass: assess everyone served, queue what is due, then send it."""
         stats = ScanStats()
         started = self._monotonic()
-        users = await self.audience()
-        reports = await self.hygiene.assess(list(users))
+        try:
+            users = await self.audience()
+            reports = await self.hygiene.assess(list(users))
+        except Exception:
+            self.last_run_failed = True  # nobody was looked at: retried after an outage
+            raise
+        self.last_run_failed = False
         for user_id in users:
             report = reports.get(user_id)
             if report is None:  # the hygiene service logged why
@@ -193,9 +201,10 @@ class ReminderService:
             await self._guarded(self.scan())
 
     async def retry_failed(self) -> None:
-        """Scan again if the last scan missed people (e.g. during a homeserver outage); the
-        policy's state makes a repeat harmless for everyone it already reached."""
-        if self.last_failed:
+        """Scan again if the last scan missed people or failed as a whole (e.g. during a
+        homeserver outage); the policy's state makes a repeat harmless for everyone it
+        already reached."""
+        if self.last_failed or self.last_run_failed:
             await self._guarded(self.scan())
 
     async def _retry_pending(self) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -185,12 +185,6 @@ class AdminProbe:
         if user_id not in self._last_seen:
             return None
         return Listed(self._last_seen[user_id], self._listed_at_ms)
-
-    async def facts_many(self, user_ids: Iterable[str]) -> dict[str, AdminFacts]:
-        users = list(user_ids)
-        async with asyncio.TaskGroup() as group:  # one failure cancels (and awaits) the rest
-            tasks = [group.create_task(self.facts(u)) for u in users]
-        return {u: t.result() for u, t in zip(users, tasks, strict=True)}
 
     async def facts(self, user_id: str) -> AdminFacts:
         user = _quote(user_id)

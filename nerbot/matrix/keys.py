@@ -179,8 +179,9 @@ class KeyDirectory:
                 try:
                     response = await current
                 except FETCH_ERRORS as exc:  # this batch is unavailable; the others go on
-                    logger.warning("Key query for %d user(s) failed (%s: %s); first: %s",
-                                   len(batch), type(exc).__name__, exc, batch[0])
+                    logger.warning("Key query for %d user(s) failed (%s: %s); their keys "
+                                   "are unavailable: %s", len(batch), type(exc).__name__, exc,
+                                   _named(batch))
                     continue
                 await asyncio.sleep(0)  # let the queued requests go out before the CPU work
                 unreachable = _failed_servers(response)
@@ -208,6 +209,17 @@ class KeyDirectory:
 FETCH_ERRORS: tuple[type[BaseException], ...] = (
     NerbotError, aiohttp.ClientError, OSError, TimeoutError, ValueError)
 """What a failed ``/keys/query`` raises (HTTP error, connection, time-out, bad body)."""
+
+
+LOGGED_USERS = 1000
+"""At most this many user IDs in one log line; more are counted (a batch has 250)."""
+
+
+def _named(users: list[str]) -> str:
+    """Everyone affected, for a log line: ``@a:x, @b:y`` (``... and N more`` past the cap)."""
+    shown = ", ".join(users[:LOGGED_USERS])
+    rest = len(users) - LOGGED_USERS
+    return f"{shown} and {rest} more" if rest > 0 else shown
 
 
 def _failed_servers(response: Mapping[str, Any]) -> set[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -32,6 +33,12 @@ Probe = Callable[[], Awaitable[bool]]
 Sleep = Callable[[float], Awaitable[None]]
 
 
+def backoff_delay(first: float, step: int, cap: float = math.inf) -> float:
+    """The bot's one doubling backoff: the wait before try ``step`` (1, 2, 3, ...) is
+    ``first``, then twice that, four times, ..., never more than ``cap``."""
+    return min(first * 2.0 ** min(max(step - 1, 0), 64), cap)
+
+
 class Recovery:
     """The bot's one way of waiting for its homeserver (sync loop, login, setup)."""
 
@@ -41,17 +48,22 @@ class Recovery:
         self.probe = probe
         self.probe_seconds = probe_seconds
         self.max_backoff_seconds = max_backoff_seconds
-        self.delay = FIRST_BACKOFF_SECONDS
+        self.errors = 0  # consecutive error answers since the last success
         self._sleep = sleep
+
+    @property
+    def delay(self) -> float:
+        """How long the next ``back_off`` waits."""
+        return backoff_delay(FIRST_BACKOFF_SECONDS, self.errors + 1, self.max_backoff_seconds)
 
     def reset(self) -> None:
         """A request succeeded: the next error starts the backoff from the beginning."""
-        self.delay = FIRST_BACKOFF_SECONDS
+        self.errors = 0
 
     async def back_off(self) -> None:
         """Wait after an error answer; each consecutive one waits twice as long (capped)."""
         await self._sleep(self.delay)
-        self.delay = min(self.delay * 2, self.max_backoff_seconds)
+        self.errors += 1
 
     async def wait_until_reachable(self) -> int:
         """Probe until the homeserver answers; returns how many probes failed."""

@@ -120,33 +120,47 @@ async def open_session(config: Config, store: Store) -> MatrixSession:
         first_login = not known_device
         api = botlib.Api(creds, _botlib_config(config))
         try:
-            await api.login()
-        except ConnectionError as exc:
-            # whoami refused the stored token (logged out elsewhere): log in with the password,
-            # keeping the device ID so the crypto store still matches.
-            logger.warning("Stored access token was rejected (%s); logging in with password",
-                           str(exc).split(":", 1)[0])
-            config.session_path.unlink(missing_ok=True)
-            await api.async_client.close()  # its HTTP session must not outlive it
-            creds.access_token = None
-            creds.device_id = cast(str, known_device)  # None: the server picks a new one
-            api = botlib.Api(creds, _botlib_config(config))
-            await _login_or_fail(api)
-        except UNREACHABLE_ERRORS:
+            try:
+                await api.login()
+            except ConnectionError as exc:
+                # whoami refused the stored token (logged out elsewhere): log in with the
+                # password, keeping the device ID so the crypto store still matches.
+                logger.warning("Stored access token was rejected (%s); logging in with "
+                               "password", str(exc).split(":", 1)[0])
+                config.session_path.unlink(missing_ok=True)
+                await _close(api)  # its HTTP session must not outlive it
+                creds.access_token = None
+                creds.device_id = cast(str, known_device)  # None: the server picks a new one
+                api = botlib.Api(creds, _botlib_config(config))
+                await _login_or_fail(api)
+            except UNREACHABLE_ERRORS:
+                raise
+            except Exception as exc:
+                raise LoginFailed(_login_error_text(exc)) from None
+            creds.session_write_file()
+            client = api.async_client
+            if client.olm is None:
+                raise NerbotError("end-to-end encryption is not available in this nio "
+                                  "installation")
+            use_write_ahead_log(client.store)
+            os.chmod(config.session_path, 0o600)
+            prepare_data_dir(config.storage.data_dir)
+            store.set_meta(DEVICE_ID_META, str(client.device_id))
+        except BaseException:
+            # No session comes of this try: its client's HTTP session is closed now, or every
+            # retry while the homeserver is away would leave one more open.
+            await _close(api)
             raise
-        except Exception as exc:
-            raise LoginFailed(_login_error_text(exc)) from None
-        creds.session_write_file()
-    client = api.async_client
-    if client.olm is None:
-        raise NerbotError("end-to-end encryption is not available in this nio installation")
-    use_write_ahead_log(client.store)
-    os.chmod(config.session_path, 0o600)
-    prepare_data_dir(config.storage.data_dir)
-    store.set_meta(DEVICE_ID_META, str(client.device_id))
     logger.info("Logged in as %s on device %s (%s)", client.user_id, client.device_id,
                 "new device" if first_login else "restored")
     return MatrixSession(client=client, api=api, creds=creds, first_login=first_login)
+
+
+async def _close(api: botlib.Api) -> None:
+    """Close the client ``api.login`` made (if it got that far), whatever state it is in."""
+    client = api.async_client
+    if client is not None:
+        await client.close()
 
 
 async def _login_or_fail(api: botlib.Api) -> None:

@@ -131,8 +131,9 @@ async def test_scheduled_run_reminds_local_and_remote_people_exactly_once(
         "each of them must get a reminder"
     [(far_dm, far_text)] = bot_messages(far, bot, REMINDER)
     [(near_dm, near_text)] = bot_messages(near, bot, REMINDER)
-    assert f"Your account is on {remote_synapse.server_name}" in far_text or \
-        f"你的账号在 {remote_synapse.server_name} 上" in far_text
+    # Nobody chose a language: the bot's own (zh) speaks, and says what it cannot see from here.
+    assert f"你的账号在 {remote_synapse.server_name} 上" in far_text
+    assert "看不到你的密钥备份、恢复密钥以及每个会话最后使用的时间" in far_text
     assert remote_synapse.server_name not in near_text
 
     assert bot.reminders is not None and bot.store is not None
@@ -181,9 +182,11 @@ async def test_a_dead_homeserver_does_not_stop_the_run_for_the_others(
 
 
 async def test_remote_person_new_session_alert(
-    start_bot: Any, make_remote_user: Any, make_peer: Any, remote_synapse: LocalSynapse,
+    start_bot: Any, make_user: Any, make_remote_user: Any, make_peer: Any,
+    synapse: LocalSynapse, remote_synapse: LocalSynapse,
 ) -> None:
-    bot = await start_bot(allowed_servers=both_servers(remote_synapse),
+    bot = await start_bot(admin_token=admin_token(synapse, make_user),
+                          allowed_servers=both_servers(remote_synapse),
                           alerts={"enabled": True, "debounce_seconds": 1})
     bot_id = bot.config.matrix.user_id
     user = make_remote_user("far")
@@ -206,11 +209,12 @@ async def test_remote_person_new_session_alert(
 
 
 async def test_remote_person_verifies_with_the_bot_over_federation(
-    js_sdk: str, start_bot: Any, make_remote_user: Any,  # noqa: F811
-    remote_synapse: LocalSynapse,
+    js_sdk: str, start_bot: Any, make_user: Any, make_remote_user: Any,  # noqa: F811
+    synapse: LocalSynapse, remote_synapse: LocalSynapse,
 ) -> None:
     clock = Clock()
-    bot = await start_bot(clock=clock, allowed_servers=both_servers(remote_synapse))
+    bot = await start_bot(clock=clock, admin_token=admin_token(synapse, make_user),
+                          allowed_servers=both_servers(remote_synapse))
     async with element_in_dm(bot, make_remote_user("element"), clock, js_sdk) as setup:
         await setup.peer.call("request_dm", user_id=setup.bot_id, room_id=setup.room_id,
                               start_sas=True)

@@ -5,16 +5,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Collection, Iterable
+from pathlib import Path
+from types import SimpleNamespace
 
+import aiohttp
 import pytest
 
 from nerbot.alert_service import AlertService
-from nerbot.config import RemindersConfig
+from nerbot.app import NerbotApp
+from nerbot.config import RemindersConfig, parse_config
 from nerbot.domain.alerts import AlertDecision
 from nerbot.domain.assessment import AssessmentPolicy, UserReport, assess_user
 from nerbot.domain.facts import DeviceFacts, KeyFacts, UserFacts
 from nerbot.domain.reminders import ReminderDecision, ReminderSettings
-from nerbot.ids import UserId
+from nerbot.ids import RoomId, UserId
+from nerbot.matrix.admin import AdminProbe
+from nerbot.matrix.transport import DirectRooms
 from nerbot.outbox import DeliveryStats
 from nerbot.reminder_service import ReminderService
 from nerbot.runner import TaskRunner
@@ -182,3 +188,117 @@ async def test_an_alert_is_queued_and_counted_together_or_not_at_all() -> None:
     assert [(r["kind"], r["devices"]) for r in store.alerts()] == [("new_sessions", "N2")]
     assert set(store.known_devices(A)) == {"OLD", "N2"}
     await runner.stop()
+
+
+class BrokenKeys(Keys):
+    """The batched key query fails unexpectedly (a bug, not an unreachable server) once."""
+
+    def __init__(self) -> None:
+        super().__init__(down=set())
+        self.broken = True
+
+    async def facts(self, user_ids: Iterable[str], fresh: bool = False,
+                    reuse: Collection[str] = ()) -> dict[str, KeyFacts]:
+        if self.broken:
+            self.broken = False
+            self.asked.append(list(user_ids))
+            raise KeyError("unexpected")
+        return await super().facts(user_ids, fresh, reuse)
+
+
+async def test_a_failing_key_query_puts_the_whole_alert_batch_on_the_retry_path(
+        caplog: pytest.LogCaptureFixture) -> None:
+    store, runner = Store(":memory:"), TaskRunner()
+    keys = BrokenKeys()
+    alerts = AlertService(store, keys, Text(), Outbox(), Clock(), runner, UserId("@bot:hs"),  # type: ignore[arg-type]
+                          debounce_seconds=0)
+    alerts.retry_seconds = 0.001
+    for user in (A, B):
+        store.remember_devices(user, ["OLD"], 1)
+        store.remember_master_key(user, "M", 1)
+    with caplog.at_level(logging.INFO, logger="nerbot.alert_service"):
+        alerts.devices_changed([A, B])
+        await until(lambda: len(store.pending_messages()) == 2)
+    assert keys.asked == [[A, B], [A, B]]  # the failed batch, then its retry: nobody dropped
+    summaries = [r for r in caplog.records if r.getMessage().startswith("Alert check:")]
+    assert [r.getMessage() for r in summaries] == [
+        "Alert check: 2 people, 0 alerted, 2 failed (retrying)",
+        "Alert check: 2 people, 2 alerted, 0 failed (retrying)"]
+    assert [r.levelno for r in summaries] == [logging.WARNING, logging.INFO]
+    await runner.stop()
+
+
+async def test_an_all_local_run_that_cannot_list_its_people_is_retried_after_the_outage(
+        tmp_path: Path) -> None:
+    config = parse_config({"matrix": {"user_id": "@bot:hs", "password": "s3cret-pass"},
+                           "reminders": {"scope": "all-local", "grace": "0"}},
+                          {"NERBOT_ADMIN_TOKEN": "admin-token"}, tmp_path)
+    app = NerbotApp(config)
+    http = Listing([A, B])
+    app.admin_probe = AdminProbe(http, "admin-token", backup_check=False)  # type: ignore[arg-type]
+    store = Store(":memory:")
+    service = ReminderService(config.reminders, store, Hygiene(set()), app._audience, Text(),  # type: ignore[arg-type]
+                              Outbox(), Clock())
+    http.down = True
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await service.scan()  # the user listing failed: nobody was looked at
+    await service.retry_failed()  # the homeserver is still away: tried, failed, still due
+    assert store.pending_messages() == []
+    http.down = False
+    await service.retry_failed()  # what the app does when the homeserver is back
+    assert sorted(m.user_id for m in store.pending_messages()) == [A, B]
+    assert not service.last_run_failed and service.last_failed == 0
+
+
+class Listing:
+    """Synapse's admin user listing (one page), or no connection while ``down``."""
+
+    def __init__(self, users: list[str]) -> None:
+        self.users = users
+        self.down = False
+
+    async def request(self, method: str, path: str, body: object = None,
+                      **_: object) -> tuple[int, dict[str, object]]:
+        if self.down:
+            raise aiohttp.ClientConnectionError("Connection refused")
+        assert path.startswith("/_synapse/admin/v2/users?")
+        return 200, {"users": [{"name": u} for u in self.users]}
+
+
+class AccountData:
+    """``m.direct`` account data on a homeserver that can go away."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.direct: dict[str, list[str]] = {}
+        self.puts = 0
+
+    async def request(self, method: str, path: str, body: object = None,
+                      **_: object) -> tuple[int, dict[str, object]]:
+        if self.down:
+            raise aiohttp.ClientConnectionError("Connection refused")
+        assert path.endswith("/account_data/m.direct")
+        if method == "PUT":
+            assert isinstance(body, dict)
+            self.direct, self.puts = body, self.puts + 1
+        return 200, dict(self.direct)
+
+
+async def test_an_m_direct_write_that_failed_in_an_outage_is_done_on_reconnection(
+        tmp_path: Path) -> None:
+    config = parse_config({"matrix": {"user_id": "@bot:hs", "password": "s3cret-pass"}}, {},
+                          tmp_path)
+    app = NerbotApp(config)
+    store, http = Store(":memory:"), AccountData()
+    direct = DirectRooms(http, "@bot:hs", store, batch_seconds=0)  # type: ignore[arg-type]
+    app.transport = SimpleNamespace(direct=direct)  # type: ignore[assignment]
+    http.down = True
+    store.set_dm_room(A, RoomId("!dm:hs"), NOW)
+    direct.changed()  # a new DM during the outage: its write fails
+    await until(lambda: direct._pending is not None and direct._pending.done())
+    assert http.puts == 0
+    http.down = False
+    app._on_reconnected()  # the sync loop's first success after the outage
+    await until(lambda: http.puts == 1)
+    assert http.direct == {A: ["!dm:hs"]}
+    await app.runner.stop()

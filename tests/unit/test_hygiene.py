@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Iterable
 
 import pytest
 
+from bench.scale import FACTS_RE
 from nerbot.domain.assessment import DAY_MS, AssessmentPolicy, FindingKind
+from nerbot.domain.community import HygieneRecord
 from nerbot.domain.facts import AdminFacts, BackupFacts, BackupState, DeviceFacts, KeyFacts
 from nerbot.errors import FactsUnavailable, MatrixRequestError
 from nerbot.hygiene import HygieneService
@@ -130,3 +133,70 @@ async def test_one_users_failure_leaves_the_others_assessed() -> None:
     with pytest.raises(FactsUnavailable) as raised:
         await service.assess_one("@gone:down")
     assert raised.value.user_id == "@gone:down"
+
+
+
+class MalformedAdmin(Admin):
+    """``@b:hs``'s answer is malformed (no session map), as a broken admin API might send."""
+
+    async def facts(self, user_id: str) -> AdminFacts:
+        if user_id == "@b:hs":
+            return AdminFacts(True, BackupFacts(), None)  # type: ignore[arg-type]
+        return await super().facts(user_id)
+
+
+def people(*user_ids: str) -> Federation:
+    """Keys for each of ``user_ids``; anyone else is unavailable."""
+    keys = Federation()
+    keys.facts_by_user = {u: KeyFacts(u, True, True, "M", (DeviceFacts("A", None, True, True),))
+                          for u in user_ids}
+    return keys
+
+
+async def test_one_persons_failing_assessment_leaves_the_others_assessed(
+        caplog: pytest.LogCaptureFixture) -> None:
+    recorded: list[str] = []
+    service = HygieneService(people("@a:hs", "@b:hs", "@c:hs"), MalformedAdmin(),
+                             AssessmentPolicy(), Clock(),
+                             record=lambda new: recorded.extend(r.user_id for r in new))
+    with caplog.at_level(logging.INFO, logger="nerbot.hygiene"):
+        reports = await service.assess(["@a:hs", "@b:hs", "@c:hs", "@gone:down"])
+    assert set(reports) == {"@a:hs", "@c:hs"} and recorded == ["@a:hs", "@c:hs"]
+    failed = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [r.getMessage() for r in failed] == [
+        "Assessment of @b:hs failed; left out, the others go on"]
+    [summary] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Facts")]
+    assert summary.endswith("0 unchanged since read, 1 unavailable, 1 failed")
+    found = FACTS_RE.search(summary)  # bench/scale.py still reads the line
+    assert found is not None and found.group(1) == "4" and found.group(5) == "0"
+    with pytest.raises(FactsUnavailable):
+        await service.assess_one("@b:hs")
+
+
+class RefusingStore:
+    """Records assessments, but refuses ``@b:hs``'s row (and so any batch holding it)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, HygieneRecord] = {}
+        self.refuse = {"@b:hs"}
+
+    def record(self, new: list[HygieneRecord]) -> None:
+        if any(r.user_id in self.refuse for r in new):
+            raise OSError("disk I/O error")
+        self.rows.update((r.user_id, r) for r in new)
+
+
+async def test_a_failed_record_loses_no_ones_assessment(
+        caplog: pytest.LogCaptureFixture) -> None:
+    store = RefusingStore()
+    service = HygieneService(people("@a:hs", "@b:hs", "@c:hs"), None, AssessmentPolicy(),
+                             Clock(), record=store.record)
+    with caplog.at_level(logging.WARNING, logger="nerbot.hygiene"):
+        reports = await service.assess(["@a:hs", "@b:hs", "@c:hs"])
+    assert set(reports) == {"@a:hs", "@b:hs", "@c:hs"}  # everyone's report, recorded or not
+    assert set(store.rows) == {"@a:hs", "@c:hs"}  # recorded one by one past the refusal
+    assert any("@b:hs not recorded" in r.getMessage() for r in caplog.records)
+    store.refuse.clear()  # the disk is back: the next assessment records the one left over
+    again = await service.assess(["@a:hs", "@b:hs", "@c:hs"])
+    assert again["@a:hs"] is reports["@a:hs"]  # unchanged and recorded: reused as it was
+    assert set(store.rows) == {"@a:hs", "@b:hs", "@c:hs"}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+import pytest
 
 from nerbot.domain.facts import KeyFacts
 from nerbot.errors import MatrixRequestError
@@ -148,3 +151,23 @@ async def test_unreachable_users_are_left_out_not_reported_without_keys() -> Non
     assert directory.cached("@r:far") is None  # nothing cached: asked again next time
     again = await directory.facts(["@c:far"])
     assert set(again) == {"@c:far"}  # answered from the server's cache despite the failure
+
+
+async def test_a_failed_batch_names_every_user_it_left_out(
+        caplog: pytest.LogCaptureFixture) -> None:
+    users = ["@boom:hs", "@x:hs", "@y:far"]
+    http = UnreachableServers({u: {} for u in users}, down=set(), cached=set())
+    directory = KeyDirectory(http, shares_room=lambda u: True)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="nerbot.matrix.keys"):
+        assert await directory.facts(users) == {}
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("Key query for 3 user(s) failed (MatrixRequestError: ")
+    assert line.endswith("their keys are unavailable: @boom:hs, @x:hs, @y:far")
+
+
+def test_a_huge_list_of_users_is_named_up_to_a_cap_and_counted_beyond() -> None:
+    from nerbot.matrix.keys import LOGGED_USERS, _named
+
+    many = [f"@u{i}:hs" for i in range(LOGGED_USERS + 3)]
+    assert _named(many).endswith(f"@u{LOGGED_USERS - 1}:hs and 3 more")
+    assert _named(many[:2]) == "@u0:hs, @u1:hs"

@@ -208,6 +208,37 @@ def test_reminder_and_alert_texts_name_sessions_dates_and_guides() -> None:
     assert "identity was reset" in en and "!alerts off" in en
 
 
+def test_a_remote_persons_reminder_says_what_cannot_be_seen_from_here() -> None:
+    from zoneinfo import ZoneInfo
+
+    from nerbot.commands.remind import MessageText
+    from nerbot.domain.assessment import AssessmentPolicy, assess_user
+    from nerbot.domain.facts import UserFacts
+    from nerbot.domain.reminders import ReminderSettings, decide
+    from nerbot.i18n import Catalog
+
+    remote = UserId("@r:far.example")
+    store = Store(":memory:")
+    store.touch_user(remote, DAY_MS)
+    text = MessageText(Catalog.load(), store, ZoneInfo("Asia/Shanghai"))
+    facts = UserFacts(remote, True, False, False, (DeviceFacts("R", "phone", True, False),),
+                      remote=True)
+    report = assess_user(facts, AssessmentPolicy(), 2 * DAY_MS)
+    decision = decide(report, ReminderHistory(first_seen_ms=0),
+                      ReminderSettings(grace_ms=0, quiet_start_minute=0, quiet_end_minute=0),
+                      2 * DAY_MS)
+    assert decision.due
+    store.set_language(remote, "en", 1)
+    en = text.reminder(remote, decision, report)
+    assert "Your account is on far.example" in en
+    assert "your key backup, your recovery key and when each session was last used stay on " \
+           "your server" in en
+    store.set_language(remote, "zh", 2)
+    zh = text.reminder(remote, decision, report)
+    assert "你的账号在 far.example 上" in zh
+    assert "看不到你的密钥备份、恢复密钥以及每个会话最后使用的时间" in zh
+
+
 def test_a_missed_scan_is_overdue_after_one_period_of_the_configured_schedule() -> None:
     import dataclasses
 

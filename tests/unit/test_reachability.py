@@ -13,7 +13,7 @@ import nio
 import pytest
 
 from nerbot.errors import MatrixRequestError
-from nerbot.matrix.reachability import Recovery, versions_probe
+from nerbot.matrix.reachability import Recovery, backoff_delay, versions_probe
 from nerbot.matrix.syncer import SyncLoop
 
 
@@ -153,3 +153,16 @@ async def test_the_first_syncs_response_is_freed_once_processed() -> None:
     client.loop = SyncLoop(client, Recovery(probe))  # type: ignore[arg-type]
     await client.loop.run()
     assert client.alive_at_second_sync == [False]
+
+
+def test_one_backoff_rule_for_the_homeserver_and_the_alert_retries() -> None:
+    assert [backoff_delay(30.0, step) for step in (1, 2, 3, 4, 5)] == [30, 60, 120, 240, 480]
+    assert [backoff_delay(1.0, step, cap=5) for step in (1, 2, 3, 4, 100_000)] == [1, 2, 4, 5, 5]
+    assert backoff_delay(1.0, 0) == 1.0  # no try yet waits the first step, never less
+
+
+async def test_recovery_waits_by_the_one_backoff_rule() -> None:
+    recovery = Recovery(lambda: asyncio.sleep(0, True), max_backoff_seconds=5, sleep=Sleeps())
+    for errors in range(6):
+        assert recovery.delay == backoff_delay(1.0, errors + 1, 5)
+        await recovery.back_off()
