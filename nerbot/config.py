@@ -63,8 +63,9 @@ class StorageConfig:
     """Where the bot's durable state lives (session, crypto store, keys, database).
 
     ``keep_days``: how long records of what happened (verifications, alerts, delivered
-    messages) are kept; state the bot decides with (reminder choices, sessions seen) is kept
-    for as long as it matters, whatever this says.
+    messages, ended walkthroughs, invitations, at-risk changes) are kept; state the bot decides
+    with (reminder choices, sessions seen) is kept for as long as it matters, whatever this
+    says.
     """
 
     data_dir: Path

@@ -489,10 +489,8 @@ def validate_content(event_type: str, content: object, now_ms: int, *,
     """
     if not isinstance(content, dict):
         return IGNORE
-    if not _encodable(content):
-        # A lone surrogate ("\ud800", which JSON.stringify produces) is not Unicode text:
-        # the SAS maths would fail on it later, after the transaction is already ours.
-        return IGNORE if event_type in (REQUEST, CANCEL) else INVALID_MESSAGE
+    # What cannot be tied to a transaction is dropped before anything else is judged: an
+    # answer would cancel a verification the event does not belong to.
     if in_room and event_type != REQUEST:
         relates = content.get("m.relates_to")
         if (not isinstance(relates, dict) or relates.get("rel_type") != "m.reference"
@@ -500,6 +498,10 @@ def validate_content(event_type: str, content: object, now_ms: int, *,
             return IGNORE
     elif not in_room and not valid_id(content.get("transaction_id")):
         return IGNORE
+    if not _encodable(content):
+        # A lone surrogate ("\ud800", which JSON.stringify produces) is not Unicode text:
+        # the SAS maths would fail on it later, after the transaction is already ours.
+        return IGNORE if event_type in (REQUEST, CANCEL) else INVALID_MESSAGE
     if event_type == REQUEST:
         timestamp = sent_ms if in_room else content.get("timestamp")
         to_ok = valid_id(content.get("to")) if in_room else True

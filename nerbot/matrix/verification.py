@@ -247,7 +247,7 @@ class VerificationService:
                             cancel_code=code if isinstance(code, str) else v.USER)
                     return
                 if transport == "to_device" and event_type != v.CANCEL:
-                    await self._send_to_device(sender, content.get("from_device") or "*", txn,
+                    await self._send_to_device(sender, _reply_device(content), txn,
                                                v.CANCEL, {"code": v.UNKNOWN_TRANSACTION,
                                                           "reason": "Unknown transaction."})
                 return
@@ -301,7 +301,7 @@ class VerificationService:
         else:
             logger.info("Refusing verification from %s: %s", sender, refusal)
         if transport == "to_device":
-            await self._send_to_device(sender, content.get("from_device") or "*", txn,
+            await self._send_to_device(sender, _reply_device(content), txn,
                                        v.CANCEL, {"code": v.USER, "reason": "Refused by the bot."})
         ui = self._ui_for(sender, open_dm=False) if refusal != "not_allowed" else None
         if ui is not None:
@@ -619,3 +619,11 @@ class VerificationService:
             actions = active.flow.tick(now)
             if actions:
                 await self._execute(active, actions)
+
+
+def _reply_device(content: dict[str, Any]) -> str:
+    """Where a cancel to a sender goes: their ``from_device`` if it is a device ID, else all
+    their devices. Unchecked, a list there made nio's request building raise (found by
+    fuzzing)."""
+    device = content.get("from_device")
+    return device if isinstance(device, str) and v.valid_id(device) else "*"

@@ -65,6 +65,9 @@ class Pruned:
     alerts: int = 0
     messages: int = 0  # delivered or given up; never a pending one
     answered_events: int = 0
+    guide_runs: int = 0  # walkthroughs that ended; an active one is progress, never pruned
+    invites: int = 0
+    hygiene_changes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,30 +485,48 @@ class Store:
     def prune(self, now_ms: int, keep_days: int) -> Pruned:
         """Delete records older than ``keep_days`` (and answered-event IDs older than a week).
 
-        Records: verifications (by start; one lasts minutes), alerts, and outbox rows that are
-        delivered or given up (by when they were queued). Never pruned, whatever their age:
-        pending outbox rows (delivery still owes them), and the state decisions are made with:
-        ``reminder_state`` (choices, back-off, the last reminder's findings), ``known_devices``
-        and ``known_identities`` (what alerts compare against), users, DM rooms, walkthrough
-        progress. A deleted outbox key cannot be queued again by a replayed decision: the
-        decision's outcome (reminder serial, sessions seen) is stored with the row and kept.
+        Records: verifications (by start; one lasts minutes), alerts, outbox rows that are
+        delivered or given up (by when they were queued), walkthroughs that ended (by when they
+        ended), invites (by when they came), and the changes of someone's "at risk" (by when
+        they were seen). The report's "fixed within a week of a reminder" looks only at changes
+        after a reminder that is itself kept, so it never needs a pruned change: a kept
+        reminder was queued at or after the cutoff, and it counts changes after it was sent.
+
+        Never pruned, whatever their age: pending outbox rows (delivery still owes them), and
+        the state decisions are made with: ``reminder_state`` (choices, back-off, the last
+        reminder's findings), ``known_devices`` and ``known_identities`` (what alerts compare
+        against), users, DM rooms, walkthrough progress (``guide_progress``: an active guide),
+        each person's latest assessment (``hygiene``: one row each, dropped when they are no
+        longer served). ``hygiene_daily`` is one row of community counts per day, nobody's
+        data: kept for the report's trend. A deleted outbox key cannot be queued again by a
+        replayed decision: the decision's outcome (reminder serial, sessions seen) is stored
+        with the row and kept.
         """
         cutoff = now_ms - keep_days * DAY_MS
         placeholders = ", ".join("?" for _ in FINAL_STATUSES)
+
+        def older(table: str, column: str) -> int:
+            return int(self.db.execute(f"DELETE FROM {table} WHERE {column} < ?",
+                                       [cutoff]).rowcount)
+
         with self.db.atomic():
             pruned = Pruned(
-                verifications=self.db.execute(
-                    "DELETE FROM verifications WHERE started_ms < ?", [cutoff]).rowcount,
-                alerts=self.db.execute("DELETE FROM alerts WHERE at_ms < ?", [cutoff]).rowcount,
+                verifications=older("verifications", "started_ms"),
+                alerts=older("alerts", "at_ms"),
                 messages=self.db.execute(
                     f"DELETE FROM outbox WHERE status IN ({placeholders}) AND created_ms < ?",
                     [*FINAL_STATUSES, cutoff]).rowcount,
                 answered_events=self._forget_answered(now_ms),
+                guide_runs=older("guide_runs", "ended_ms"),
+                invites=older("invites", "at_ms"),
+                hygiene_changes=older("hygiene_changes", "at_ms"),
             )
         logger.info("Retention (%d days): removed %d verification(s), %d alert(s), "
-                    "%d sent or failed message(s), %d answered-event ID(s)", keep_days,
+                    "%d sent or failed message(s), %d answered-event ID(s), %d ended guide "
+                    "run(s), %d invite(s), %d at-risk change(s)", keep_days,
                     pruned.verifications, pruned.alerts, pruned.messages,
-                    pruned.answered_events)
+                    pruned.answered_events, pruned.guide_runs, pruned.invites,
+                    pruned.hygiene_changes)
         return pruned
 
     # -- the community report ---------------------------------------------------------------

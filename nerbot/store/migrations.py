@@ -126,4 +126,11 @@ def build_migrations() -> Migrations:
         # One small snapshot of the community's numbers per day, for the report's trend.
         db.table("hygiene_daily").create({"day": str, "at_ms": int, "counts": str}, pk="day")
 
+    @migrations(name="0009_more_retention_indexes")
+    def more_retention_indexes(db: Database) -> None:
+        # The daily prune also deletes ended walkthroughs and invites by age alone.
+        # (``hygiene_changes`` has had its ``at_ms`` index since 0008.)
+        db.table("guide_runs").create_index(["ended_ms"])
+        db.table("invites").create_index(["at_ms"])
+
     return migrations

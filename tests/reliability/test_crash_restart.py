@@ -308,12 +308,13 @@ async def test_new_session_alert_arrives_once(
     debounce, as soon as the alert is recorded in the outbox, or once the person has read it.
     The seed also picks the config: reminders on (the default; their start-up run delivers
     what the outbox holds) or alerts only. After the restart the person has exactly one alert
-    naming the new session. (A kill during the debounce loses nothing: the first sync after
-    a start asks for the full state, and Synapse then lists every room-mate's device list as
-    changed, so everyone is looked at again.)
-
-    Known gap: with reminders off, an alert recorded but not yet sent stays pending after a
-    restart (only ReminderService's start-up job delivers the outbox).
+    naming the new session, and its outbox row is "sent". (A kill during the debounce loses
+    nothing: the first sync after a start asks for the full state, and Synapse then lists
+    every room-mate's device list as changed, so everyone is looked at again.) An alert
+    recorded but not yet sent goes out at the next start with either config: with reminders
+    on, their start-up job delivers the outbox first; with reminders off, ``NerbotApp.start``
+    delivers it when anything is pending. Should it stay pending with reminders off, the test
+    fails as a ``PRODUCT GAP`` naming that path.
     """
     plan = KillPlan(seed)
     stage = plan.choose("kill", ["debounce", "recorded", "delivered"])
@@ -436,14 +437,14 @@ async def test_half_done_verification_is_never_verified_on_one_side(
     person's client trusts the bot, and, once the person closed what is still open, a new
     verification with the restarted bot succeeds.
 
-    Known gaps: (1) the restarted bot does nothing about verifications that were in flight:
-    their rows stay "pending" (``verifications`` table) and no cancel is sent, so the
-    person's client waits for its own 10-minute timeout (in-room events of an unknown
-    transaction are ignored; only later to-device events get ``m.unknown_transaction``).
-    Until then Element cancels any new request of the person's with the bot as well.
-    (2) The bot sends its MAC before it records "verified" (VerificationService._execute:
-    Send(MAC), Send(DONE), then Verified): a kill in between leaves the person trusting the
-    bot while the bot recorded nothing and signed nothing.
+    At start the restarted bot ends what was in flight (``VerificationService.end_interrupted``):
+    one whose partner's MAC was already valid is finished from the resume point stored before
+    the bot's MAC went out (MAC and done sent again, the person trusted and recorded
+    "verified"); any other is cancelled over its transport with ``m.user``. The test fails
+    unless, within 30 s of the restart, no row of the person's is left "pending"; then the bot
+    must have recorded "verified" only if the person's client trusts the bot. Verified on the
+    person's side only, or still open on the person's screen after the restart, fails as a
+    ``PRODUCT GAP``.
     """
     plan = KillPlan(seed)
     transport = plan.choose("transport", ["to_device", "in_room"])

@@ -12,7 +12,9 @@ the verification handshake machine with every event type's content malformed.
   is verified only by exactly the valid MAC.
 
 No homeserver: these run in a few seconds. ``test_fuzz_live.py`` sends a smaller batch to the
-real bot over a real homeserver.
+real bot over a real homeserver. In-room contents through ``validate_content`` and the real
+``VerificationService`` intake (to-device and in-room, over fakes) are fuzzed in
+``tests/unit/test_fuzz_verification_intake.py``.
 """
 
 from __future__ import annotations
@@ -554,15 +556,15 @@ SURROGATE_CASES: list[tuple[str, int, str, Callable[[dict[str, Any]], None]]] = 
 
 
 def test_lone_surrogates_in_verification_events() -> None:
-    """Each event type with a lone surrogate in one field, through the intake check (where the
-    tree has one) and the machine: dropped, or cancelled with a spec code, never raising.
+    """Each event type with a lone surrogate in one field, through the intake check and the
+    machine: dropped, or cancelled with a spec code, never raising.
 
-    Known gap (as of this suite): the intake's ``valid_id`` counts characters, so these pass
-    it, and then ``nerbot/matrix/sas.py`` raises ``UnicodeEncodeError``: ``_same`` (MAC keys
-    and values: ``a.encode()``), ``_mac`` via vodozemac (a key ID goes into the HKDF info),
-    ``commitment_of`` (their key: ``public_key.encode()``; a start with such a string in any
-    field: ``encode_canonical_json``). In the bot the event's task fails (logged), nothing is
-    answered, and the verification waits for its 10-minute timeout.
+    ``validate_content`` refuses content with any string that is not Unicode text (a request
+    or a cancel is ignored, anything else is ``m.invalid_message``), so none of these reaches
+    the SAS maths in ``nerbot/matrix/sas.py``, which would raise ``UnicodeEncodeError`` on
+    them (``_same``, ``_mac`` via vodozemac, ``commitment_of``). A case that got past the
+    check goes through the machine: a ``UnicodeError`` there fails the test as a
+    ``PRODUCT GAP``; otherwise it must not verify, and its cancels carry spec codes.
     """
     validate = getattr(v, "validate_content", None)
     raised: list[str] = []

@@ -544,3 +544,17 @@ async def test_late_steps_of_a_recorded_transaction_are_not_unknown() -> None:
     assert [(r["txn"], r["result"]) for r in h.store.verifications()] == [
         ("t-ended", "verified"), ("t-cut", "cancelled")]
     assert h.sent() == [(v.CANCEL, v.UNKNOWN_TRANSACTION)]
+
+
+@pytest.mark.parametrize("from_device", [["x"], {"a": 1}, 7, "", "D" * 10_000])
+async def test_a_cancel_for_an_unknown_transaction_goes_to_a_device_id_or_to_all(
+        from_device: object) -> None:
+    """The cancel is addressed by the sender's ``from_device`` only when that is a device ID:
+    a list there made nio's request building raise (``unhashable type``), found by fuzzing."""
+    h = Harness()
+    await h.to_device(ALICE, v.DONE, {"transaction_id": "t-never", "from_device": from_device})
+    assert h.sent() == [(v.CANCEL, v.UNKNOWN_TRANSACTION)]
+    message = h.rec.to_device[0]
+    assert message.recipient_device == "*"
+    nio.Api.to_device("token", message.type,  # the request nio builds from it
+                      {message.recipient: {message.recipient_device: message.content}}, "txn")
