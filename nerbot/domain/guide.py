@@ -47,7 +47,15 @@ _PLACEHOLDER_IN_BRACKETS = re.compile(
     rf"\s*[(（][^()（）]*{_CLIENT_PLACEHOLDER}[^()（）]*[)）]")
 _PLACEHOLDER = re.compile(_CLIENT_PLACEHOLDER)
 CLIENTS = ("element-web", "element-x")
-MISSING = "missing"  # ``zh_older``: that build had no Chinese for the label (it showed English)
+MISSING = "missing"  # a build with no Chinese for the label: it shows the English
+# Where a client runs: Element Web/Desktop on "web"; Element X on "android" and "ios".
+CLIENT_PLATFORMS = {"element-web": ("web",), "element-x": ("android", "ios")}
+# What a label is on screen. Pressing, switching or typing into one is an action; a menu
+# item or a tab only leads to a screen (navigation); a title is words to look for.
+ACTION_ROLES = frozenset({"button", "toggle", "field"})
+NAVIGATION_ROLES = frozenset({"menu", "tab"})
+ROLES = ACTION_ROLES | NAVIGATION_ROLES | {"title"}
+WHEN = ("current", "older")  # an other wording: shown by a current build, or an older one
 
 
 class GuideDataError(ValueError):
@@ -65,12 +73,42 @@ def shown_text(client_string: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class OtherWording:
+    """What some builds in use show instead of a label's current text, read in their files.
+
+    ``platforms`` are where (Element X: "android", "ios"); ``when`` is "current" (a current
+    build of that platform differs, e.g. Android and iOS disagree) or "older" (builds before
+    the change). ``en``/``zh`` are that build's words (None: not recorded, the same as now);
+    ``zh == "missing"``: that build has no Chinese, so Chinese users see the English label.
+    ``where`` is how a guide names those builds in each language ("older versions",
+    "Android"), from the label file's ``[wording]`` table.
+    """
+
+    platforms: tuple[str, ...]
+    when: str
+    builds: str
+    sources: tuple[str, ...]
+    where: Mapping[str, str]
+    en: str | None = None
+    zh: str | None = None
+
+    def text(self, language: str) -> str | None:
+        words = self.zh if language == "zh" else self.en
+        return None if words is None or words == MISSING else shown_text(words)
+
+
+@dataclass(frozen=True, slots=True)
 class ClientLabel:
     """One label as a client shows it, read from the client's own string files.
 
     ``zh`` is None when the client has no Chinese for it (Chinese users then see English).
     ``zh_older`` records what an older build showed, where that was checked: ``"missing"``
-    means no translation there, so Chinese users of that build see the English label.
+    means no translation there, so Chinese users of that build see the English label; other
+    text is a close rewording people still recognise, recorded but not quoted. ``also`` lists
+    the other wordings builds in use show (per platform, current or older); guides quote them
+    after the current text. ``role`` is what the label is on screen (``ROLES``); ``choices``
+    names the decisions an action label is one answer of (the buttons offered together, of
+    which the person presses one: "They match" / "They don't match").
     """
 
     id: str
@@ -80,6 +118,9 @@ class ClientLabel:
     zh: str | None
     sources: tuple[str, ...]
     zh_older: str | None = None
+    role: str = "button"
+    choices: frozenset[str] = frozenset()
+    also: tuple[OtherWording, ...] = ()
 
     def text(self, language: str) -> str:
         """The label's words on screen in ``language`` (English where Chinese is missing)."""
@@ -89,15 +130,49 @@ class ClientLabel:
 
     @property
     def zh_may_be_missing(self) -> bool:
-        return self.zh is None or self.zh_older == MISSING
+        return (self.zh is None or self.zh_older == MISSING
+                or any(w.zh == MISSING for w in self.also))
+
+    @property
+    def is_action(self) -> bool:
+        return self.role in ACTION_ROLES
+
+    def other_texts(self, language: str) -> list[tuple[str, list[str]]]:
+        """The other wordings a guide quotes in ``language``, grouped by where they are shown:
+        ``[("older versions", ["Set up recovery"])]``."""
+        groups: dict[str, list[str]] = {}
+        for wording in self.also:
+            words = wording.text(language)
+            if words is None or words == self.text(language):
+                continue
+            shown = groups.setdefault(wording.where[language], [])
+            if words not in shown:
+                shown.append(words)
+        return list(groups.items())
+
+    def texts(self, language: str) -> frozenset[str]:
+        """Every wording of the label a guide may quote in ``language``."""
+        return frozenset({self.text(language),
+                          *(w for _, words in self.other_texts(language) for w in words)})
 
     def quote(self, language: str) -> str:
-        """The label as a guide quotes it: bold, and in Chinese with the English in brackets
-        where a build in use may show English instead."""
+        """The label as a guide quotes it: bold; in Chinese with the English in brackets where
+        a build in use may show English instead; then the other wordings builds in use show:
+        **获取恢复密钥**（旧版本：**设置恢复**）, **Get recovery key** (older versions: **Set up
+        recovery**)."""
         quoted = f"**{self.text(language)}**"
         if language == "zh" and self.zh is not None and self.zh_may_be_missing:
-            return f"{quoted}（{shown_text(self.en)}）"
-        return quoted
+            quoted = f"{quoted}（{shown_text(self.en)}）"
+        others = self.other_texts(language)
+        if not others:
+            return quoted
+        if language == "zh":
+            listed = "；".join(f"{where}：" + "、".join(f"**{w}**" for w in words)
+                              for where, words in others)
+            return f"{quoted}（{listed}）"
+        listed = "; ".join(f"{where}: " + " / ".join(f"**{w}**" for w in words)
+                           for where, words in others)
+        return f"{quoted} ({listed})"
 
 
 def _label_field(raw: Mapping[str, Any], name: str, where: str) -> str:
@@ -107,11 +182,64 @@ def _label_field(raw: Mapping[str, Any], name: str, where: str) -> str:
     return value
 
 
+def _optional_text(raw: Mapping[str, Any], name: str, where: str) -> str | None:
+    value = raw.get(name)
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise GuideDataError(f"{where}: {name} must be a non-empty string or left out")
+    return value
+
+
+def _source_refs(raw: Mapping[str, Any], sources: Mapping[str, Any], where: str
+                 ) -> tuple[str, ...]:
+    refs = raw.get("sources")
+    if not isinstance(refs, list) or not refs or any(r not in sources for r in refs):
+        raise GuideDataError(f"{where}: sources must name entries of [sources]")
+    return tuple(refs)
+
+
+def _where_names(wording: Mapping[str, Any], name: str, where: str) -> Mapping[str, str]:
+    names = wording.get(name)
+    if not isinstance(names, Mapping) or set(names) != set(GUIDE_LANGUAGES) or not all(
+            isinstance(v, str) and v.strip() for v in names.values()):
+        raise GuideDataError(f"{where}: [wording.{name}] needs a text in {GUIDE_LANGUAGES}")
+    return dict(names)
+
+
+def _other_wording(raw: Any, label: ClientLabel, sources: Mapping[str, Any],
+                   wording: Mapping[str, Any], where: str) -> OtherWording:
+    if not isinstance(raw, Mapping):
+        raise GuideDataError(f"{where}: must be a table")
+    platforms = raw.get("platforms")
+    allowed = CLIENT_PLATFORMS[label.client]
+    if not isinstance(platforms, list) or not platforms or any(
+            p not in allowed for p in platforms) or len(set(platforms)) != len(platforms):
+        raise GuideDataError(f"{where}: platforms must be some of {allowed}")
+    when = raw.get("when")
+    if when not in WHEN:
+        raise GuideDataError(f"{where}: when must be one of {WHEN}")
+    en, zh = _optional_text(raw, "en", where), _optional_text(raw, "zh", where)
+    if en == MISSING:
+        raise GuideDataError(f"{where}: en cannot be missing")
+    if zh == MISSING and en is not None and en != label.en:
+        raise GuideDataError(f"{where}: without Chinese the build shows the label's English")
+    if (en is None or en == label.en) and (zh is None or zh == label.zh):
+        raise GuideDataError(f"{where}: words no different from the label's")
+    # Older builds are named as such; a current build by its platforms ("Android").
+    names = ([_where_names(wording, "older", where)] if when == "older"
+             else [_where_names(wording, p, where) for p in platforms])
+    where_shown = {lang: "/".join(n[lang] for n in names) for lang in GUIDE_LANGUAGES}
+    return OtherWording(platforms=tuple(platforms), when=when,
+                        builds=_label_field(raw, "builds", where),
+                        sources=_source_refs(raw, sources, where), where=where_shown,
+                        en=en, zh=zh)
+
+
 def parse_labels(raw: Mapping[str, Any]) -> dict[str, ClientLabel]:
-    """The label file (``[sources.*]`` and ``[[label]]``), checked, by id."""
+    """The label file (``[sources.*]``, ``[wording.*]`` and ``[[label]]``), checked, by id."""
     sources = raw.get("sources")
     if not isinstance(sources, Mapping) or not sources:
         raise GuideDataError("labels: no [sources]")
+    wording = raw.get("wording", {})
     labels: dict[str, ClientLabel] = {}
     for entry in raw.get("label", []):
         label_id = _label_field(entry, "id", "label")
@@ -121,19 +249,26 @@ def parse_labels(raw: Mapping[str, Any]) -> dict[str, ClientLabel]:
         client = _label_field(entry, "client", where)
         if client not in CLIENTS:
             raise GuideDataError(f"{where}: client must be one of {CLIENTS}")
-        zh = entry.get("zh")
-        if zh is not None and (not isinstance(zh, str) or not zh.strip()):
-            raise GuideDataError(f"{where}: zh must be a non-empty string or left out")
-        zh_older = entry.get("zh_older")
-        if zh_older is not None and (not isinstance(zh_older, str) or not zh_older.strip()):
-            raise GuideDataError(f"{where}: zh_older must be a non-empty string or left out")
-        refs = entry.get("sources")
-        if not isinstance(refs, list) or not refs or any(r not in sources for r in refs):
-            raise GuideDataError(f"{where}: sources must name entries of [sources]")
-        labels[label_id] = ClientLabel(
+        role = entry.get("role")
+        if role not in ROLES:
+            raise GuideDataError(f"{where}: role must be one of {sorted(ROLES)}")
+        choices = entry.get("choices", [])
+        if not isinstance(choices, list) or not all(isinstance(c, str) and c for c in choices):
+            raise GuideDataError(f"{where}: choices must be a list of names")
+        if choices and role not in ACTION_ROLES:
+            raise GuideDataError(f"{where}: only an action ({sorted(ACTION_ROLES)}) is a choice")
+        label = ClientLabel(
             id=label_id, client=client, key=_label_field(entry, "key", where),
-            en=_label_field(entry, "en", where), zh=zh, sources=tuple(refs),
-            zh_older=zh_older)
+            en=_label_field(entry, "en", where), zh=_optional_text(entry, "zh", where),
+            sources=_source_refs(entry, sources, where),
+            zh_older=_optional_text(entry, "zh_older", where), role=role,
+            choices=frozenset(choices))
+        also = entry.get("also", [])
+        if not isinstance(also, list):
+            raise GuideDataError(f"{where}: also must be a list of tables")
+        labels[label_id] = replace(label, also=tuple(
+            _other_wording(other, label, sources, wording, f"{where}.also[{i}]")
+            for i, other in enumerate(also)))
     if not labels:
         raise GuideDataError("labels: no [[label]] entries")
     return labels
@@ -154,6 +289,20 @@ def render_labels(text: str, language: str, labels: Mapping[str, ClientLabel],
         return label.quote(language)
 
     return LABEL_MARKER.sub(one, text)
+
+
+def bundled_actions(text: str, labels: Mapping[str, ClientLabel]) -> list[str]:
+    """The action labels a step text asks for when they are more than one action: empty when
+    the text quotes at most one action label (button, switch, field), or only the answers of
+    one decision (the buttons offered together, of which the person presses one). Navigation
+    (a menu item, a tab) and titles are free: "Room info → People" is a path, not an action.
+    """
+    actions = sorted({i for i in LABEL_MARKER.findall(text) if i in labels
+                      and labels[i].is_action})
+    if len(actions) <= 1:
+        return []
+    shared = frozenset.intersection(*(labels[i].choices for i in actions))
+    return [] if shared else actions
 
 
 # -- guides -----------------------------------------------------------------------------------

@@ -33,13 +33,13 @@ async def test_backup_guide_asks_about_recovery_it_cannot_see_and_survives_a_res
     assert "`!guide practice`" in listing
 
     first = await say(peer, bot, room_id, "!guide backup")
-    assert first.startswith("**Set up recovery** · step 1 of 7")
+    assert first.startswith("**Set up recovery** · step 1 of 11")
     assert "login password is not your recovery key" in first
     second = await say(peer, bot, room_id, "!next")
-    assert "· step 2 of 7" in second and "**All settings**" in second  # a client label
+    assert "· step 2 of 11" in second and "**All settings**" in second  # a client label
     assert "Never click **Dismiss**" in second
-    for n in (3, 4, 5, 6, 7):
-        assert f"· step {n} of 7" in await say(peer, bot, room_id, "!next")
+    for n in range(3, 12):
+        assert f"· step {n} of 11" in await say(peer, bot, room_id, "!next")
 
     # Element made the identity by itself; still, recovery is not visible: ask, don't infer.
     builder, account = AccountBuilder(synapse), adopt_peer(synapse, user, peer)
@@ -49,14 +49,14 @@ async def test_backup_guide_asks_about_recovery_it_cannot_see_and_survives_a_res
     assert "**Change recovery key**" in asked and "`!next confirm`" in asked
     assert "stay on this step" in asked and "✅" not in asked and "❌" not in asked
     assert "· step" not in asked
-    assert "· step 6 of 7" in await say(peer, bot, room_id, "!back")
-    assert "· step 7 of 7" in await say(peer, bot, room_id, "done")  # plain "done" = !next
+    assert "· step 10 of 11" in await say(peer, bot, room_id, "!back")
+    assert "· step 11 of 11" in await say(peer, bot, room_id, "done")  # plain "done" = !next
 
     await bot.stop()
     bot = await start_bot(data_dir=data_dir)  # progress lives in SQLite
     assert bot.store is not None
     progress = bot.store.get_guide_progress(user.user_id)
-    assert progress is not None and (progress.guide, progress.step) == ("backup", 6)
+    assert progress is not None and (progress.guide, progress.step) == ("backup", 10)
     done = await say(peer, bot, room_id, "confirm")  # plain "confirm" = !next confirm
     assert "You confirmed that recovery is set up" in done and "(not seen)" in done
     assert "**Done: Set up recovery**" in done and "✅" not in done
@@ -78,7 +78,7 @@ async def test_backup_checkpoint_sees_recovery_with_the_admin_token(
     room_id = await open_dm(peer, bot)
     await say(peer, bot, room_id, "!lang en")
     await say(peer, bot, room_id, "!guide backup")
-    for _ in range(6):
+    for _ in range(10):
         await say(peer, bot, room_id, "!next")
     builder, account = AccountBuilder(synapse), adopt_peer(synapse, user, peer)
     await asyncio.to_thread(builder.set_up_cross_signing, account)  # what Element does itself
@@ -108,19 +108,19 @@ async def test_new_device_checkpoint_detects_the_newly_signed_session(
 
     await say(peer, bot, room_id, "!platform mobile")
     first = await say(peer, bot, room_id, "!guide new-device")
-    assert "· step 1 of 8" in first and "!platform web" in first
-    assert "**Confirm your identity**" in first  # Element X's label
+    assert "· step 1 of 12" in first and "!platform web" in first
+    assert "**Confirm your digital identity**" in first  # Element X's label
     warning = await say(peer, bot, room_id, "!next")
-    assert "· step 2 of 8" in warning and "**Can't confirm?**" in warning
-    for n in (3, 4, 5, 6, 7):
-        assert f"· step {n} of 8" in await say(peer, bot, room_id, "!next")
+    assert "· step 2 of 12" in warning and "**Can't confirm?**" in warning
+    for n in range(3, 12):
+        assert f"· step {n} of 12" in await say(peer, bot, room_id, "!next")
     new = await asyncio.to_thread(builder.add_device, account, "new phone")
     stayed = await say(peer, bot, room_id, "!next")
     assert "**still not verified**" in stayed and f"`{new.device_id}` new phone" in stayed
     await asyncio.to_thread(builder.sign_device, account, new.device_id)
     passed = await say(peer, bot, room_id, "!next")
     assert f"your session `{new.device_id}` new phone is now cross-signed" in passed
-    assert "· step 8 of 8" in passed
+    assert "· step 12 of 12" in passed
 
 
 async def test_wrong_names_and_commands_out_of_context_get_helpful_answers(
@@ -139,7 +139,7 @@ async def test_wrong_names_and_commands_out_of_context_get_helpful_answers(
     await peer.send_text(room_id, "好了")
     assert "分步引导" in await say(peer, bot, room_id, "!guide")
     started = await say(peer, bot, room_id, "!guide verify-user")
-    assert "第 1/7 步" in started
+    assert "第 1/9 步" in started
     stopped = await say(peer, bot, room_id, "!stop")
     assert "已退出引导" in stopped and "!guide verify-user" in stopped
     assert bot.store is not None
@@ -159,8 +159,8 @@ async def test_group_room_gets_a_pointer_and_the_guide_continues_in_the_dm(
     dm = bot.store.get_dm_room(alice.user_id)
     assert dm is not None and dm != group
     step = await alice.wait_for_message(dm, sender=bot_id, timeout=60)
-    assert "第 1/7 步" in step.body and "**所有设置**" in step.body
+    assert "第 1/9 步" in step.body and "**所有设置**" in step.body
     # In the group only ! commands count: "好了" there must not move the guide.
     await alice.send_text(group, "好了")
     second = await say(alice, bot, dm, "好了")
-    assert "第 2/7 步" in second
+    assert "第 2/9 步" in second

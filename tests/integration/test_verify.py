@@ -280,10 +280,10 @@ async def test_practice_guide_hands_over_to_verification_and_moves_on(setup: Set
     await finish_and_check(setup)
     for _ in range(50):  # the success moves the guide past its "verified with me" checkpoint
         progress = store.get_guide_progress(UserId(setup.user_id))
-        if progress is not None and progress.step == 2:
+        if progress is not None and progress.step == 4:
             break
         await asyncio.sleep(0.1)
-    assert progress is not None and progress.step == 2
+    assert progress is not None and progress.step == 4
     await setup.command("!next")  # the last step: the guide finishes with its summary
     assert store.get_guide_progress(UserId(setup.user_id)) is None
     assert [r["result"] for r in store.guide_runs(UserId(setup.user_id))] == ["finished"]

@@ -21,8 +21,8 @@ import emoji
 import markdown
 import pytest
 
-from nerbot.domain.guide import LABEL_MARKER, PLATFORMS, Checkpoint
-from nerbot.guides import load_library
+from nerbot.domain.guide import LABEL_MARKER, PLATFORMS, Checkpoint, bundled_actions
+from nerbot.guides import load_labels, load_library
 from nerbot.matrix.render import NoticeRenderer
 
 DATA = Path(__file__).resolve().parents[2] / "nerbot" / "guides" / "data"
@@ -33,6 +33,7 @@ TOP_KEYS = {"name", "title", "summary", "footer", "steps"}
 STEP_KEYS = {"id", "checkpoint", *LANGUAGES, "check_failed", "check_passed", "confirm_hint",
              "web_client"}
 LIBRARY = load_library()
+LABELS = load_labels()
 MAX_TEXT_CHARS = 1500
 # Matrix caps an event at 65,536 bytes; Megolm ciphertext is base64 of the padded JSON, so stay
 # far below: title + step + footer as the notice the bot sends (plain body + HTML).
@@ -166,7 +167,6 @@ def test_checkpoints_cover_the_issue() -> None:
     assert "new_session_signed" in checkpoints("new-device")
     assert "sessions_verified" in checkpoints("verify-sessions")
     practice = load("practice")
-    assert 2 <= len(practice["steps"]) <= 3
     assert any("`!verify`" in t for _, t in texts(practice))
     assert "bot_verified" in checkpoints("practice")
 
@@ -184,13 +184,62 @@ def test_text_lengths(guide: dict[str, Any]) -> None:
         assert len(text) <= MAX_TEXT_CHARS, f"{guide['name']}: {where} is {len(text)} chars"
 
 
-def test_one_action_per_step_and_both_platforms(guide: dict[str, Any]) -> None:
-    """Short steps (one action each) on both platforms, and the same number of steps."""
-    for where, text in texts(guide):
-        assert len(text) <= 900, f"{guide['name']}: {where} is long for one action"
+def test_both_platforms_walk_the_same_steps(guide: dict[str, Any]) -> None:
     for lang in LANGUAGES:
         for platform in PLATFORMS:
             assert len(rendered(guide["name"], lang, platform)) == len(guide["steps"])
+
+
+def test_one_action_per_step(guide: dict[str, Any]) -> None:
+    """Each step, on each platform, asks for one action: it quotes at most one action label
+    (a button, a switch, a field: ``role`` in labels.toml), or only the answers of one
+    decision (``choices``: "They match" / "They don't match"). Navigation labels (a menu
+    item, a tab) are free, so "Room info → People → the person" stays one step."""
+    for step in guide["steps"]:
+        for lang in LANGUAGES:
+            for platform, text in step_variants(step, lang).items():
+                where = f"{guide['name']}.{step['id']}.{lang}.{platform}"
+                assert bundled_actions(text, LABELS) == [], f"{where}: more than one action"
+
+
+# Steps as they were before the split, verbatim: each bundles actions (the audit's list).
+BUNDLED = {
+    "backup.finish (web)": "Now click {label:web.continue}. Element asks you to type the key "
+    "once more: paste it into {label:web.enter_recovery_key} and click "
+    "{label:web.finish_set_up}.",
+    "new-device.use-key (web)": "Way 1: your recovery key. Click {label:web.use_recovery_key}, "
+    "paste your saved recovery key into {label:web.recovery_key_field} and click "
+    "{label:web.continue}.",
+    "verify-user.start (mobile)": "In their profile, tap {label:x.verify_user}, then "
+    "{label:x.start_verification}. They get a verification request.",
+    "verify-sessions.accept-there (web)": "That device shows {label:web.verification_requested}: "
+    "click {label:web.request_start_verification}, then {label:web.verify_by_emoji}, and "
+    "compare the emoji on both. Click {label:web.they_match} only if they are identical.",
+    "practice.send-verify (web)": "Send `!verify` here in our direct chat. Element shows "
+    "{label:web.verification_requested}: click {label:web.request_verify_user}, then "
+    "{label:web.verify_by_emoji}.",
+    "backup.finish (mobile)": "Now tap {label:x.done}. If Element X asks {label:x.have_you_saved}, "
+    "tap {label:x.continue} only if you really stored it.",
+    "backup.start-recovery (web)": "Under {label:web.backup_section}, click "
+    "{label:web.get_recovery_key}. ({label:web.allow_key_storage} under "
+    "{label:web.key_storage} must be on; if it is off, turn it on first.)",
+}
+
+
+@pytest.mark.parametrize("where", sorted(BUNDLED))
+def test_the_one_action_rule_catches_a_bundled_step(where: str) -> None:
+    assert len(bundled_actions(BUNDLED[where], LABELS)) >= 2, where
+
+
+def test_the_one_action_rule_allows_a_path_and_one_decision() -> None:
+    path = ("click {label:web.room_info} → {label:web.people} → them, then click "
+            "{label:web.verify_user}")
+    decision = "click {label:web.they_match} if identical, else {label:web.they_dont_match}"
+    warning = ("click {label:web.get_recovery_key}; never click {label:web.dismiss}")
+    for text in (path, decision, warning, "no label at all"):
+        assert bundled_actions(text, LABELS) == [], text
+    # Answers of two different decisions are two actions.
+    assert bundled_actions("click {label:web.they_match}, then {label:web.dismiss}", LABELS)
 
 
 def test_longest_rendered_message_fits(guide: dict[str, Any]) -> None:
@@ -260,8 +309,9 @@ def test_the_backup_guide_walks_todays_clients(lang: str, platform: str) -> None
         path = ["**所有设置**", "**加密**", "**获取恢复密钥**", "**完成设置**"] if lang == "zh" \
             else ["**All settings**", "**Encryption**", "**Get recovery key**", "**Finish set up**"]
     else:
-        path = ["**设置**", "**加密**", "**设置恢复**", "**保存恢复密钥**"] if lang == "zh" \
-            else ["**Settings**", "**Encryption**", "**Set up recovery**", "**Save recovery key**"]
+        path = ["**设置**", "**加密**", "**获取恢复密钥**", "**保存恢复密钥**", "**完成**"] \
+            if lang == "zh" else ["**Settings**", "**Encryption**", "**Get recovery key**",
+                                  "**Save recovery key**", "**Done**"]
     at = 0
     for label in path:  # each one after the one before, in the order people click them
         at = text.index(label, at)
@@ -273,9 +323,11 @@ def test_the_backup_guide_walks_todays_clients(lang: str, platform: str) -> None
         assert gone not in text, gone
     if platform == "web":  # the toast's Dismiss records "recovery off"
         assert ("不要点 **忽略**" if lang == "zh" else "Never click **Dismiss**") in text
-    # Save the key before going on: the warning comes before the step that goes on.
-    save = LIBRARY.guides["backup"].steps[-2].body(lang, platform)
-    assert "⚠️" in save and ("先存好" if lang == "zh" else "Store it first") in save
+    # Save the key before going on: the warning comes before the step that leaves the key.
+    steps = [step.id for step in LIBRARY.guides["backup"].steps]
+    assert steps.index("save-key") < steps.index("store-key") < steps.index("go-on")
+    save = LIBRARY.guides["backup"].steps[steps.index("save-key")].body(lang, platform)
+    assert "⚠️" in save and ("先把它存好" if lang == "zh" else "Store it first") in save
 
 
 @pytest.mark.parametrize("lang", LANGUAGES)
@@ -286,7 +338,7 @@ def test_the_new_device_guide_warns_about_cant_confirm(lang: str, platform: str)
     cant = "**无法确认？**" if lang == "zh" else "**Can't confirm?**"
     warning = next(i for i, t in enumerate(texts_) if t.startswith("⚠️") and cant in t)
     key = "**使用恢复密钥**" if lang == "zh" else "**Use recovery key**"
-    other = ("**使用另一设备**" if platform == "web" else "**使用其他设备**") if lang == "zh" \
+    other = ("**使用另一设备**" if platform == "web" else "**使用其它设备**") if lang == "zh" \
         else "**Use another device**"
     first_use = min(i for i, t in enumerate(texts_) if key in t or other in t)
     assert warning < first_use  # the warning comes before either way is taken

@@ -228,6 +228,42 @@ def test_suggestion_platform_guess_and_clamp() -> None:
     assert clamp(BACKUP, progress(step=99)).step == len(BACKUP.steps) - 1
 
 
+# Each guide's step ids before the 2026 split into one action per step. Progress is stored by
+# position (``guide_progress.step``), not by id, so a person who saved position j in the old
+# list resumes at position j of the new one (``clamp`` only catches positions past the end).
+BEFORE_SPLIT = {
+    "backup": ("why", "open-settings", "open-encryption", "start-recovery", "show-key",
+               "save-key", "finish"),
+    "new-device": ("sign-in", "never-cant-confirm", "use-key", "use-other-device",
+                   "accept-on-old", "compare-emoji", "check-signed", "wait-for-history"),
+    "verify-sessions": ("open-sessions", "shields", "verify-yours", "accept-there",
+                        "remove-others", "change-password", "check-sessions"),
+    "verify-user": ("second-channel", "open-person", "start", "they-accept", "compare-emoji",
+                    "no-strangers", "no-reset"),
+    "practice": ("send-verify", "compare", "result"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE_SPLIT))
+def test_a_position_saved_before_the_split_resumes_at_or_before_its_step(name: str) -> None:
+    """The split only inserted steps: every old id is still there, in the old order, with its
+    checkpoint, so a saved position resumes on the step the person was on or an earlier one
+    (a step repeated, never one skipped); a position past the end lands on the last step."""
+    guide = LIBRARY.guides[name]
+    ids = [step.id for step in guide.steps]
+    old = BEFORE_SPLIT[name]
+    assert set(old) <= set(ids), "a step id saved progress may mean was dropped"
+    positions = [ids.index(step_id) for step_id in old]
+    assert positions == sorted(positions) and len(ids) > len(old)
+    for saved, step_id in enumerate(old):
+        stored = GuideProgress(name, saved, 0, 0)
+        assert clamp(guide, stored).step <= ids.index(step_id), step_id
+    checkpointed = [step.id for step in guide.steps if step.checkpoint is not None]
+    assert set(checkpointed) <= set(old)  # the checks stayed on the steps they check
+    past_end = clamp(guide, GuideProgress(name, len(ids) + 3, 0, 0))
+    assert past_end.step == len(ids) - 1
+
+
 def test_library_lookup_and_close_match() -> None:
     assert LIBRARY.names[0] == "backup" and len(LIBRARY.names) == 5
     assert LIBRARY.get(" Backup ") is BACKUP and LIBRARY.get("nope") is None
@@ -276,11 +312,12 @@ def conversation(current: UserReport) -> tuple[GuideConversation, Store, Hygiene
 async def test_conversation_checks_fresh_and_keeps_progress_in_the_store() -> None:
     conv, store, hygiene, _ = conversation(report(dev("A"), recovery=False))
     first = await conv.begin(ALICE, "backup")
-    assert first.startswith("**Set up recovery** · step 1 of 7")
+    total = len(BACKUP.steps)
+    assert first.startswith(f"**Set up recovery** · step 1 of {total}")
     assert "!platform" not in first  # same text on every platform: no hint
     second = await conv.next(ALICE)
     assert "Steps for Element Web" in second and "!platform mobile" in second  # guessed
-    for _ in range(5):
+    for _ in range(total - 2):
         await conv.next(ALICE)
     before = hygiene.fresh_calls
     stayed = await conv.next(ALICE)
@@ -288,7 +325,7 @@ async def test_conversation_checks_fresh_and_keeps_progress_in_the_store() -> No
     assert "❌ Recovery is not complete yet." in stayed and "**no recovery**" in stayed
     assert "**Finish set up**" in stayed  # a client label, from the label file
     saved = store.get_guide_progress(ALICE)
-    assert saved is not None and saved.step == 6
+    assert saved is not None and saved.step == total - 1
     # Seen on the server: the person's word changes nothing.
     assert "stay on this step" in await conv.next(ALICE, confirmed=True)
     hygiene.current = report(dev("A"), recovery=True)
@@ -297,14 +334,16 @@ async def test_conversation_checks_fresh_and_keeps_progress_in_the_store() -> No
     assert store.get_guide_progress(ALICE) is None
     await conv.begin(ALICE, "backup")
     other = await conv.begin(ALICE, "verify-user")
-    assert "I closed the walkthrough" in other and "step 1 of 7" in other
+    steps = len(LIBRARY.guides["verify-user"].steps)
+    assert "I closed the walkthrough" in other and f"step 1 of {steps}" in other
     assert [r["result"] for r in store.guide_runs(ALICE)] == ["finished", "replaced"]
 
 
 async def test_unseen_recovery_is_passed_on_the_persons_confirmation() -> None:
     conv, store, _, _ = conversation(report(dev("A")))  # no admin token: recovery unseen
     await conv.begin(ALICE, "backup")
-    store.save_guide_progress(ALICE, GuideProgress("backup", 6, 0, 0))
+    finish = [step.id for step in BACKUP.steps].index("finish")
+    store.save_guide_progress(ALICE, GuideProgress("backup", finish, 0, 0))
     asked = await conv.next(ALICE)
     assert "not visible to me on this server (not seen)" in asked
     assert "**Change recovery key**" in asked and "`!next confirm`" in asked
@@ -363,8 +402,11 @@ async def test_a_verification_with_the_bot_moves_the_practice_guide_on() -> None
     store.verification_ended("t1", "verified", 150)
     await conv.on_verified(ALICE)
     assert len(messenger.dms) == 1 and "completed an emoji verification" in messenger.dms[0]
+    practice = LIBRARY.guides["practice"]
+    after = 1 + next(i for i, s in enumerate(practice.steps)
+                     if s.checkpoint is Checkpoint.BOT_VERIFIED)
     saved = store.get_guide_progress(ALICE)
-    assert saved is not None and saved.step == 2
+    assert saved is not None and saved.step == after
 
 
 async def test_a_guide_removed_by_an_update_is_forgotten_cleanly() -> None:
@@ -396,11 +438,11 @@ async def test_a_step_change_and_its_answer_survive_a_crash_between_them() -> No
     messenger.send_dm = send_dm  # type: ignore[method-assign]
     await conv.resend_unsent()  # the next start
     [(text, used)] = sent
-    assert used == txn and text.splitlines()[0] == shown.splitlines()[0]  # step 2 of 7
+    assert used == txn and text.splitlines()[0] == shown.splitlines()[0]  # step 2
     assert store.unsent_guide_answers() == []
     await conv.resend_unsent()
     assert len(sent) == 1  # once sent, never again
     back = await conv.back(ALICE)
-    assert "step 1 of 7" in back and conv.unsent_txn(ALICE) is not None
+    assert f"step 1 of {len(BACKUP.steps)}" in back and conv.unsent_txn(ALICE) is not None
     conv.answer_sent(ALICE, str(conv.unsent_txn(ALICE)))  # what guide_commands does
     assert store.unsent_guide_answers() == []

@@ -7,8 +7,12 @@ With the admin-login check the backup is seen, and then the ✅/❌ lines are ri
 
 Recovery (secret storage) likewise: seen only with the admin token. Without it the report says
 it cannot see recovery, and the backup guide's checkpoint asks the person to look and confirm
-instead of inferring success from the cross-signing identity (which current Element creates
-by itself, so it says nothing about recovery).
+instead of inferring success from the cross-signing identity (which current Element usually
+creates by itself, so it says nothing about recovery).
+
+Guide steps are sent before the bot has looked at anything: they state nothing about the
+person's identity, backup, recovery, sessions or account as a fact ("Element already created
+your identity and a key backup") unless hedged first ("usually", "if", "once").
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from nerbot.commands.remind import MessageText
 from nerbot.commands.report_text import render_report
 from nerbot.domain.assessment import AssessmentPolicy, UserReport, assess_user
 from nerbot.domain.facts import BackupFacts, BackupState, DeviceFacts, UserFacts
-from nerbot.domain.guide import Checkpoint, evaluate_checkpoint, start_guide
+from nerbot.domain.guide import PLATFORMS, Checkpoint, Guide, evaluate_checkpoint, start_guide
 from nerbot.domain.reminders import DecisionKind, ReminderDecision
 from nerbot.guides import load_library
 from nerbot.i18n import LANGUAGES, Catalog
@@ -296,3 +300,86 @@ def test_inference_wording_is_the_same_in_both_languages() -> None:
     assert not any(key.startswith("guide.") for key in inferred)
     not_seen = {key for key, text in en.items() if "not seen" in text}
     assert not_seen == {key for key, text in zh.items() if NOT_SEEN["zh"] in text}
+
+
+# -- guide texts: nothing about the account stated as a fact the bot has not seen ---------------
+
+# A sentence about the person's identity, backup, recovery (not "recovery key": that is the
+# thing in their hands), sessions or account, saying what is already so or what Element did
+# by itself, is a statement of fact about their account.
+ACCOUNT_SUBJECT = {
+    "en": re.compile(r"\b(identity|backup|sessions?|account)\b|\brecovery\b(?! key)",
+                     re.IGNORECASE),
+    "zh": re.compile(r"身份|备份|会话|账号|恢复(?!密钥)"),
+}
+ACCOUNT_STATE = {
+    "en": re.compile(r"\b(already|by itself|automatically|now|created|made)\b", re.IGNORECASE),
+    "zh": re.compile(r"已经|自动|创建"),
+}
+# ... unless something before it makes it a condition or a likelihood.
+HEDGE = {
+    "en": re.compile(r"\b(if|usually|may|might|once|when|should|whether|until)\b|\?",
+                     re.IGNORECASE),
+    "zh": re.compile(r"如果|通常|一般|可能|要是|的话|一旦|之后|应该|不管|直到|？"),
+}
+SENTENCE = {"en": re.compile(r"(?<=[.!?:;])\s+|\n+"), "zh": re.compile(r"(?<=[。！？；：])|\n+")}
+
+
+def unseen_claims(text: str, lang: str) -> list[str]:
+    """The sentences of ``text`` that state a fact about the account without a hedge first."""
+    found = []
+    for sentence in SENTENCE[lang].split(CODE_SPAN.sub("", text)):
+        state = ACCOUNT_STATE[lang].search(sentence)
+        if state and ACCOUNT_SUBJECT[lang].search(sentence) and not HEDGE[lang].search(
+                sentence[:state.start()]):
+            found.append(sentence)
+    return found
+
+
+def summary_rests_on_a_seen_check(guide: Guide) -> bool:
+    """The summary is sent once the guide's checkpoints passed; it may state what they saw
+    only when the bot sees every one of them (never on the person's word alone)."""
+    return bool(guide.checkpoints) and not any(c.may_be_unseen for c in guide.checkpoints)
+
+
+def guide_texts(lang: str) -> Iterator[tuple[str, str]]:
+    """What a guide says before (or without) seeing the account: every step on every platform,
+    the hints for what the bot cannot see, and the summaries no seen check stands behind."""
+    for guide in LIBRARY.guides.values():
+        if not summary_rests_on_a_seen_check(guide):
+            yield f"{guide.name}.summary", guide.summary[lang]
+        for step in guide.steps:
+            for platform in PLATFORMS:
+                yield f"{guide.name}.{step.id}.{platform}", step.body(lang, platform)
+                yield f"{guide.name}.{step.id}.hint.{platform}", step.hint(lang, platform)
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_guide_steps_state_no_unseen_fact_about_the_account(lang: str) -> None:
+    found = {where: claims for where, text in guide_texts(lang)
+             if (claims := unseen_claims(text, lang))}
+    assert found == {}
+
+
+@pytest.mark.parametrize(("lang", "claim", "honest"), [
+    ("en", "Current Element already created your identity and a key backup by itself when you "
+           "first signed in, but without a recovery key that backup cannot be opened.",
+     "Current Element usually creates your identity and a key backup by itself when you first "
+     "sign in; if yours did, that backup still cannot be opened without a recovery key."),
+    ("zh", "新版 Element 在你第一次登录时已经自动创建了你的身份和密钥备份，但如果没有恢复密钥，"
+           "这份备份就再也打不开了。",
+     "新版 Element 通常会在你第一次登录时自动创建你的身份和密钥备份；如果你的也是这样，没有恢复"
+     "密钥，这份备份就打不开了。"),
+    ("en", "You and the other person have signed each other: your session is now verified.",
+     "If you both confirmed that the emoji match, your session is now verified."),
+])
+def test_the_check_tells_a_stated_fact_from_a_hedged_one(lang: str, claim: str, honest: str
+                                                        ) -> None:
+    """The backup guide's old "why" step (the audit's case) is caught; its rewording is not."""
+    assert unseen_claims(claim, lang)
+    assert unseen_claims(honest, lang) == []
+
+
+def test_only_summaries_behind_seen_checks_are_spared() -> None:
+    spared = {g.name for g in LIBRARY.guides.values() if summary_rests_on_a_seen_check(g)}
+    assert spared == {"new-device", "verify-sessions", "practice"}  # not backup, verify-user
