@@ -776,6 +776,25 @@ def smaps_top(pid: int, count: int = 8) -> list[str]:
     return [f"{name} {mb(kib):.1f} MB" for name, kib in top]
 
 
+def trimmed_rss(pid: int) -> float | None:
+    """What-if: the bot's RSS (MB) after glibc's ``malloc_trim(0)``, called in it through gdb.
+
+    The difference is heap the bot freed but glibc kept (it returns memory to the system only
+    from the top of an arena). Needs gdb and ptrace rights; None without them."""
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        return None
+    try:
+        subprocess.run([gdb, "-p", str(pid), "-batch", "-nx", "-ex",
+                        "call (int) malloc_trim(0)"], capture_output=True, timeout=120,
+                       check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    status = Path(f"/proc/{pid}/status").read_text()
+    found = re.search(r"VmRSS:\s+(\d+)", status)
+    return mb(int(found.group(1))) if found else None
+
+
 TRACEMALLOC_BOOT = """\
 import runpy, signal, sys, tracemalloc
 tracemalloc.start(1)
@@ -1246,6 +1265,10 @@ class Bench:
                    f"data dir {dir_size(campaign.data_dir) / 1e6:.0f} MB")
         if settled > target and bot.pid is not None:
             report.line("    largest mappings: " + "; ".join(smaps_top(bot.pid)))
+            trimmed = await asyncio.to_thread(trimmed_rss, bot.pid)
+            if trimmed is not None:  # last: it changes the process it measures
+                report.line(f"    what-if malloc_trim(0) (gdb, in the idle bot): settled "
+                            f"{settled:.0f} MB -> {trimmed:.0f} MB")
             if not self.args.no_tracemalloc:
                 try:
                     await self._tracemalloc(campaign)
