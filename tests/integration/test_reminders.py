@@ -343,7 +343,7 @@ async def test_admin_wide_scan_reaches_users_in_no_shared_room_and_sees_new_sess
         with caplog.at_level(logging.INFO, logger="nerbot.hygiene"):
             await scan(bot)
         [facts] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Facts")]
-        assert facts.endswith(", 2 unchanged since read"), facts
+        assert facts.endswith(", 2 unchanged since read, 0 unavailable, 0 failed"), facts
         # A new login is a request of theirs: the listing moves, the next scan reads them again.
         assert bot.admin_probe is not None
         def last_seen() -> int | None:
@@ -364,7 +364,7 @@ async def test_admin_wide_scan_reaches_users_in_no_shared_room_and_sees_new_sess
         with caplog.at_level(logging.INFO, logger="nerbot.hygiene"):
             await scan(bot)
         [facts] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Facts")]
-        assert facts.endswith(", 1 unchanged since read"), facts  # the admin only
+        assert facts.endswith(", 1 unchanged since read, 0 unavailable, 0 failed"), facts  # the admin only
         alerts = [m for m in bot.store.outbox(UserId(loner.user_id)) if m.kind == "alert"]
         assert any(f"`{thief.device_id}` thief" in m.body for m in alerts)
     finally:
