@@ -364,7 +364,8 @@ async def test_admin_wide_scan_reaches_users_in_no_shared_room_and_sees_new_sess
         with caplog.at_level(logging.INFO, logger="nerbot.hygiene"):
             await scan(bot)
         [facts] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Facts")]
-        assert facts.endswith(", 1 unchanged since read, 0 unavailable, 0 failed"), facts  # the admin only
+        # the admin only
+        assert facts.endswith(", 1 unchanged since read, 0 unavailable, 0 failed"), facts
         alerts = [m for m in bot.store.outbox(UserId(loner.user_id)) if m.kind == "alert"]
         assert any(f"`{thief.device_id}` thief" in m.body for m in alerts)
     finally:

@@ -28,6 +28,8 @@ import pytest
 from botdm import open_dm  # type: ignore[import-not-found]
 from crashkit import gap, wait_for
 from nio.crypto import OlmDevice
+from verification_spec import FIELDS as SPEC_FIELDS
+from verification_spec import SPEC_CODES
 
 from nerbot.domain import verification as v
 from nerbot.matrix.sas import SasExchange
@@ -37,26 +39,9 @@ pytestmark = pytest.mark.timeout(120)
 
 SEED = int(os.environ.get("NERBOT_FUZZ_SEED", "20261201"))
 BATCH = 48
-SPEC_CODES = {"m.user", "m.timeout", "m.unknown_transaction", "m.unknown_method",
-              "m.unexpected_message", "m.key_mismatch", "m.user_mismatch", "m.invalid_message",
-              "m.accepted", "m.mismatched_commitment", "m.mismatched_sas"}
 TYPES = [v.REQUEST, v.READY, v.START, v.ACCEPT, v.KEY, v.MAC, v.DONE, v.CANCEL,
          "m.key.verification.unknown"]
-FIELDS: dict[str, dict[str, Any]] = {  # the spec's fields and their types, per event type
-    v.REQUEST: {"from_device": str, "methods": [str], "timestamp": int},
-    v.READY: {"from_device": str, "methods": [str]},
-    v.START: {"from_device": str, "method": str, "key_agreement_protocols": [str],
-              "hashes": [str], "message_authentication_codes": [str],
-              "short_authentication_string": [str]},
-    v.ACCEPT: {"commitment": str, "hash": str, "key_agreement_protocol": str,
-               "message_authentication_code": str, "method": str,
-               "short_authentication_string": [str]},
-    v.KEY: {"key": str},
-    v.MAC: {"keys": str, "mac": {str: str}},
-    v.DONE: {},
-    v.CANCEL: {"code": str, "reason": str},
-    "m.key.verification.unknown": {"x": str},
-}
+FIELDS: dict[str, dict[str, Any]] = {**SPEC_FIELDS, "m.key.verification.unknown": {"x": str}}
 PLAUSIBLE = ["m.sas.v1", "m.qr_code.show.v1", "curve25519-hkdf-sha256", "sha256",
              "hkdf-hmac-sha256.v2", "emoji", "decimal", "m.user", "", "A" * 43, "é😀",
              "m.key_mismatch", "<b>html</b>", "$notanevent", "@someone:localhost"]

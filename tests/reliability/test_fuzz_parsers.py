@@ -35,6 +35,7 @@ from fakes import RecordingMessenger, admins_trusted
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from nio.crypto import OlmDevice
+from verification_spec import SPEC_CODES, to_device, well_typed
 
 from nerbot.commands.basic import basic_commands
 from nerbot.commands.guide import GuideConversation, guide_commands
@@ -294,10 +295,6 @@ ALICE_ID, ALICE_DEV = "@alice:localhost", "ALICEDEV"
 ACCOUNTS = {d: vodozemac.Account() for d in (BOT_DEV, ALICE_DEV)}
 KEYS = {d: a.ed25519_key.to_base64() for d, a in ACCOUNTS.items()}
 MASTERS = {BOT: "BOTMASTERKEY", ALICE_ID: "ALICEMASTERKEY"}
-# The spec's cancel codes (client-server API, "Key verification framework" and SAS).
-SPEC_CODES = {"m.user", "m.timeout", "m.unknown_transaction", "m.unknown_method",
-              "m.unexpected_message", "m.key_mismatch", "m.user_mismatch", "m.invalid_message",
-              "m.accepted", "m.mismatched_commitment", "m.mismatched_sas"}
 EVENT_TYPES = [v.REQUEST, v.READY, v.START, v.ACCEPT, v.KEY, v.MAC, v.DONE, v.CANCEL,
                "m.key.verification.unknown"]
 
@@ -391,22 +388,8 @@ SITUATIONS: list[Callable[[], Situation]] = [
 ]
 VALID_TYPES = [next(iter(build().valid)) for build in SITUATIONS]
 
-# Per the spec: the fields of each event's content and the type each must have.
-SCHEMA: dict[str, dict[str, Any]] = {
-    v.REQUEST: {"from_device": str, "methods": [str], "timestamp": int, "transaction_id": str},
-    v.READY: {"from_device": str, "methods": [str], "transaction_id": str},
-    v.START: {"from_device": str, "method": str, "key_agreement_protocols": [str],
-              "hashes": [str], "message_authentication_codes": [str],
-              "short_authentication_string": [str], "transaction_id": str},
-    v.ACCEPT: {"commitment": str, "hash": str, "key_agreement_protocol": str,
-               "message_authentication_code": str, "method": str,
-               "short_authentication_string": [str], "transaction_id": str},
-    v.KEY: {"key": str, "transaction_id": str},
-    v.MAC: {"keys": str, "mac": {str: str}, "transaction_id": str},
-    v.DONE: {"transaction_id": str},
-    v.CANCEL: {"code": str, "reason": str, "transaction_id": str},
-    "m.key.verification.unknown": {"transaction_id": str},
-}
+# Per the spec: the fields of each event's content (to-device) and the type each must have.
+SCHEMA = to_device({"m.key.verification.unknown": {}})
 # Values a real client would put there (so the machine gets past the first checks).
 PLAUSIBLE = st.sampled_from([
     ALICE_DEV, BOT_DEV, "OTHERDEV", v.SAS_V1, "m.qr_code.show.v1", "curve25519-hkdf-sha256",
@@ -420,14 +403,10 @@ JSON = st.recursive(JSON_SCALAR, lambda inner: st.one_of(
 
 def value_of(kind: Any) -> st.SearchStrategy[Any]:
     """A well-typed (often plausible) value for a schema type."""
-    if kind is str:
-        return st.one_of(PLAUSIBLE, UTF8_TEXT)
-    if kind is int:
-        return st.one_of(st.just(T0), st.integers(-(2**63), 2**63 - 1))
-    if isinstance(kind, list):
-        return st.lists(value_of(kind[0]), max_size=5)
-    return st.dictionaries(st.one_of(st.just(f"ed25519:{ALICE_DEV}"), UTF8_TEXT),
-                           value_of(str), max_size=3)
+    return well_typed(kind, strings=st.one_of(PLAUSIBLE, UTF8_TEXT),
+                      ints=st.one_of(st.just(T0), st.integers(-(2**63), 2**63 - 1)),
+                      mac_keys=st.one_of(st.just(f"ed25519:{ALICE_DEV}"), UTF8_TEXT),
+                      list_max=5)
 
 
 def oversized(kind: Any) -> st.SearchStrategy[Any]:

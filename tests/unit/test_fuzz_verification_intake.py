@@ -42,6 +42,7 @@ import vodozemac
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_verification_input import ALICE, ALICE_DEV, BOT, BOT_DEV, MALLORY, NOW, STRANGER, Harness
+from verification_spec import FIELDS, IN_ROOM_REQUEST, RELATES, SPEC_CODES, well_typed
 
 from nerbot.domain import verification as v
 from nerbot.ids import RoomId, UserId
@@ -60,10 +61,6 @@ def fuzz(examples: int) -> settings:
 
 
 MINUTE = 60_000
-# The spec's cancel codes (client-server API, "Key verification framework" and SAS).
-SPEC_CODES = {"m.user", "m.timeout", "m.unknown_transaction", "m.unknown_method",
-              "m.unexpected_message", "m.key_mismatch", "m.user_mismatch", "m.invalid_message",
-              "m.accepted", "m.mismatched_commitment", "m.mismatched_sas"}
 UNKNOWN_TYPE = "m.key.verification.unknown"
 LATER_TYPES = [v.READY, v.START, v.ACCEPT, v.KEY, v.MAC, v.DONE, v.CANCEL, UNKNOWN_TYPE]
 DM, GROUP = "!dm:hs", "!group:hs"
@@ -74,24 +71,9 @@ ALICE_SAS_KEY = vodozemac.Sas().public_key.to_base64()
 COMMITMENT = "<commitment over the bot's start>"
 
 # Per the spec: each content's fields and their types, without the transport's field.
-TO_DEVICE_REQUEST: dict[str, Any] = {"from_device": str, "methods": [str], "timestamp": int}
-IN_ROOM_REQUEST: dict[str, Any] = {"msgtype": str, "body": str, "to": str, "from_device": str,
-                                   "methods": [str]}
+TO_DEVICE_REQUEST = FIELDS[v.REQUEST]
 SCHEMA: dict[str, dict[str, Any]] = {
-    v.READY: {"from_device": str, "methods": [str]},
-    v.START: {"from_device": str, "method": str, "key_agreement_protocols": [str],
-              "hashes": [str], "message_authentication_codes": [str],
-              "short_authentication_string": [str]},
-    v.ACCEPT: {"commitment": str, "hash": str, "key_agreement_protocol": str,
-               "message_authentication_code": str, "method": str,
-               "short_authentication_string": [str]},
-    v.KEY: {"key": str},
-    v.MAC: {"keys": str, "mac": {str: str}},
-    v.DONE: {},
-    v.CANCEL: {"code": str, "reason": str},
-    UNKNOWN_TYPE: {},
-}
-RELATES: dict[str, Any] = {"rel_type": str, "event_id": str}
+    **{t: f for t, f in FIELDS.items() if t != v.REQUEST}, UNKNOWN_TYPE: {}}
 # What Alice's client would send (the bot's MAC check still fails: no shared secret).
 VALID: dict[str, dict[str, Any]] = {
     v.READY: {"from_device": ALICE_DEV, "methods": [v.SAS_V1]},
@@ -127,15 +109,12 @@ DROP = "<dropped>"  # a field left out (no generated value is this string)
 
 def value_of(kind: Any) -> st.SearchStrategy[Any]:
     """A well-typed (often plausible) value for a schema type."""
-    if kind is str:
-        return st.one_of(PLAUSIBLE, UTF8_TEXT)
-    if kind is int:
-        return st.one_of(st.just(NOW), st.integers(NOW - 20 * MINUTE, NOW + 20 * MINUTE),
-                         st.integers(-(2**63), 2**63 - 1))
-    if isinstance(kind, list):
-        return st.lists(value_of(kind[0]), max_size=4)
-    return st.dictionaries(st.one_of(st.just(f"ed25519:{ALICE_DEV}"), UTF8_TEXT),
-                           value_of(str), max_size=3)
+    return well_typed(kind, strings=st.one_of(PLAUSIBLE, UTF8_TEXT),
+                      ints=st.one_of(st.just(NOW), st.integers(NOW - 20 * MINUTE,
+                                                               NOW + 20 * MINUTE),
+                                     st.integers(-(2**63), 2**63 - 1)),
+                      mac_keys=st.one_of(st.just(f"ed25519:{ALICE_DEV}"), UTF8_TEXT),
+                      list_max=4)
 
 
 def oversized(kind: Any) -> st.SearchStrategy[Any]:
