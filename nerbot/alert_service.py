@@ -107,8 +107,8 @@ class AlertService:
             if decision is not None and decision.alert:
                 alerted += 1
         logger.log(logging.WARNING if failed else logging.INFO,
-                   "Alert check: %d people, %d alerted, %d failed (retrying)",
-                   len(users), alerted, len(failed))
+                   "Alert check: %d people, %d alerted, %d failed%s", len(users), alerted,
+                   len(failed), " (tried again later)" if failed else "")
         if failed:
             self._retry_later(failed)
         if alerted:

@@ -222,8 +222,8 @@ async def test_a_failing_key_query_puts_the_whole_alert_batch_on_the_retry_path(
     assert keys.asked == [[A, B], [A, B]]  # the failed batch, then its retry: nobody dropped
     summaries = [r for r in caplog.records if r.getMessage().startswith("Alert check:")]
     assert [r.getMessage() for r in summaries] == [
-        "Alert check: 2 people, 0 alerted, 2 failed (retrying)",
-        "Alert check: 2 people, 2 alerted, 0 failed (retrying)"]
+        "Alert check: 2 people, 0 alerted, 2 failed (tried again later)",
+        "Alert check: 2 people, 2 alerted, 0 failed"]
     assert [r.levelno for r in summaries] == [logging.WARNING, logging.INFO]
     await runner.stop()
 
