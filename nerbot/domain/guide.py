@@ -239,6 +239,11 @@ def parse_labels(raw: Mapping[str, Any]) -> dict[str, ClientLabel]:
     sources = raw.get("sources")
     if not isinstance(sources, Mapping) or not sources:
         raise GuideDataError("labels: no [sources]")
+    for name, source in sources.items():
+        # Which client release the texts are from (issue 16): a commit alone does not say.
+        if not isinstance(source, Mapping):
+            raise GuideDataError(f"sources.{name}: must be a table")
+        _label_field(source, "version", f"sources.{name}")
     wording = raw.get("wording", {})
     labels: dict[str, ClientLabel] = {}
     for entry in raw.get("label", []):

@@ -53,6 +53,7 @@ CATALOG = Catalog.load()
 CATALOG_LABEL = re.compile(r"\{label\[([a-z0-9_.-]+)\]\}")
 BOLD = re.compile(r"\*\*(.+?)\*\*")
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
+DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # Catalog lines that quote client labels in plain bold (rendered by code that passes no label
 # table, nerbot/commands/verify.py), with the labels each quotes, in order: each must read
 # exactly as {label[ID]} would render it.
@@ -112,6 +113,27 @@ def test_the_label_file_loads_with_its_sources() -> None:
         assert "/" in source["repo"] and source["path"], name
         assert COMMIT.match(source["commit"]), f"{name}: a commit, not a branch"
         assert source["language"] in LANGUAGES and source["role"] in ("current", "older"), name
+        assert source["version"].strip(), f"{name}: the client release the commit is"
+        assert DATE.match(source.get("date", "2000-01-01")), f"{name}: date is YYYY-MM-DD"
+
+
+def test_a_source_without_its_client_version_is_refused_at_load() -> None:
+    """Issue 16: the file records which client release each text was read from, not only
+    the commit; a source without a version (or with an empty one) does not load."""
+    entry = {"id": "web.a", "client": "element-web", "role": "button", "key": "k", "en": "A",
+             "sources": ["web-en"]}
+    source = {"repo": "element-hq/element-web", "commit": "0" * 40, "version": "1.12.4"}
+    assert parse_labels({"sources": {"web-en": source}, "label": [entry]})["web.a"]
+    for broken in ({k: v for k, v in source.items() if k != "version"},
+                   {**source, "version": " "}, {**source, "version": 1.12}):
+        with pytest.raises(GuideDataError, match="version"):
+            parse_labels({"sources": {"web-en": broken}, "label": [entry]})
+    with pytest.raises(GuideDataError):
+        parse_labels({"sources": {"web-en": "1.12.4"}, "label": [entry]})
+    # Every source of the real file, not only the one a label names, must say it.
+    raw = {**RAW, "sources": {**RAW["sources"], "unused": {"commit": "0" * 40}}}
+    with pytest.raises(GuideDataError, match=r"sources\.unused: version"):
+        parse_labels(raw)
 
 
 def sources_of(names: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -292,7 +314,7 @@ def test_unknown_or_malformed_labels_are_refused_at_load() -> None:
                        "en": {"all": "E"}}]}
     with pytest.raises(GuideDataError):
         parse_guide(good, LABELS)
-    sources = {"web-en": {}}
+    sources = {"web-en": {"version": "1.12.4"}}
     entry = {"id": "web.a", "client": "element-web", "role": "button", "key": "k", "en": "A",
              "sources": ["web-en"]}
     assert parse_labels({"sources": sources, "label": [entry]})["web.a"].zh is None
@@ -317,7 +339,8 @@ def test_unknown_or_malformed_labels_are_refused_at_load() -> None:
 
 WORDING = {"older": {"zh": "旧版本", "en": "older versions"},
            "android": {"zh": "Android", "en": "Android"}, "ios": {"zh": "iOS", "en": "iOS"}}
-X_SOURCES = {"x-ios-en": {}, "x-android-zh": {}, "x-android-zh-old": {}}
+X_SOURCES = {"x-ios-en": {"version": "26.07.4"}, "x-android-zh": {"version": "26.04.2"},
+             "x-android-zh-old": {"version": "0.7.3"}}
 
 
 def x_label(*also: dict[str, Any]) -> ClientLabel:
