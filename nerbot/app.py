@@ -238,7 +238,8 @@ class NerbotApp:
         return HygieneService(self.directory, admin, policy, self.clock,
                               is_local=lambda user_id: server_of(user_id) == home,
                               record=self.store.record_assessments,
-                              activity=admin.listed if admin is not None else None)
+                              activity=admin.listed if admin is not None else None,
+                              kept=self.store)
 
     async def _exempt_from_rate_limits(self) -> None:
         """Check Synapse's rate-limit override for the bot and, unless switched off, set it
@@ -314,11 +315,14 @@ class NerbotApp:
         alerts.on_new_sessions = alarms.sessions_counted
         return self.reminders
 
-    def _on_devices_changed(self, user_ids: list[str]) -> None:
+    def _on_devices_changed(self, user_ids: list[str], first_sync: bool = False) -> None:
         if self.config.matrix.user_id in user_ids:  # the bot's own account: is it still ours?
             self.runner.spawn(self._check_own_account(), name="own account")
         if self.hygiene is not None:
-            self.hygiene.invalidate(user_ids)
+            # The first sync of a process is full-state: Synapse lists every room-mate, changed
+            # or not. Admin facts kept from the last run then stand or fall by the user listing
+            # (changing one's own devices is a request, which moves ``last_seen_ts``).
+            self.hygiene.invalidate(user_ids, keep_admin_facts=first_sync)
         if self.alerts is not None:
             self.alerts.devices_changed(user_ids)
 

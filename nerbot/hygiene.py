@@ -25,7 +25,13 @@ from typing import Protocol, TypeVar
 from nerbot.domain.assessment import DAY_MS, AssessmentPolicy, UserReport, assess_user
 from nerbot.domain.community import HygieneRecord, hygiene_record
 from nerbot.domain.facts import AdminFacts, KeyFacts, combine
-from nerbot.domain.freshness import Fetched, Listed, speaks_for_now, still_current
+from nerbot.domain.freshness import (
+    MAX_REUSE_MS,
+    Fetched,
+    Listed,
+    speaks_for_now,
+    still_current,
+)
 from nerbot.errors import FactsUnavailable
 from nerbot.ports import Clock
 
@@ -47,6 +53,18 @@ class AdminSource(Protocol):
     async def facts(self, user_id: str) -> AdminFacts: ...
 
 
+class KeptAdminFacts(Protocol):
+    """Where admin facts outlive the process (the store), so a restart's scan reads again
+    only the people who made a request since."""
+
+    def save_admin_facts(self, items: Iterable[tuple[str, Fetched, AdminFacts]]) -> None: ...
+
+    def load_admin_facts(self, not_before_ms: int) -> list[tuple[str, Fetched, AdminFacts]]:
+        ...
+
+    def forget_admin_facts(self, user_ids: Iterable[str]) -> None: ...
+
+
 class HygieneService:
     """Per-user reports for any set of users, as cheaply as the caches allow."""
 
@@ -60,11 +78,14 @@ class HygieneService:
         is_local: Callable[[str], bool] = lambda _user: True,
         record: Callable[[list[HygieneRecord]], None] | None = None,
         activity: Callable[[str], Listed | None] | None = None,
+        kept: KeptAdminFacts | None = None,
     ) -> None:
         """``record``: keeps each new assessment for the community report (the store).
         ``activity``: a local user as the latest user listing showed them (the admin probe),
-        None when it did not (or showed no ``last_seen_ts``)."""
+        None when it did not (or showed no ``last_seen_ts``). ``kept``: admin facts saved by
+        an earlier process, and where to save new ones (they stand only with ``activity``)."""
         self.activity = activity
+        self.kept = kept if activity is not None else None
         self._fetched: dict[str, Fetched] = {}
         self.record = record
         self.keys = keys
@@ -77,14 +98,36 @@ class HygieneService:
         # A report is reused while its inputs are the very same objects and the day (which
         # idle-day counts depend on) has not changed: an unchanged scan costs dict lookups.
         self._reports: dict[str, tuple[KeyFacts, AdminFacts | None, int, UserReport]] = {}
+        if self.kept is not None:
+            self._load_kept(self.kept)
 
-    def invalidate(self, user_ids: Iterable[str]) -> None:
+    def _load_kept(self, kept: KeptAdminFacts) -> None:
+        """Facts an earlier process read, as if read by this one: the listing decides, as
+        for any other, whether they still stand (``still_current``)."""
+        try:
+            rows = kept.load_admin_facts(self.clock.now_ms() - MAX_REUSE_MS)
+        except Exception as exc:  # nothing lost: everyone is read from the homeserver
+            logger.warning("Kept admin facts could not be loaded (%s: %s); reading everyone "
+                           "again", type(exc).__name__, exc)
+            return
+        for user_id, fetched, facts in rows:
+            self._fetched[user_id] = fetched
+            self._admin_cache[user_id] = (fetched.at_ms, facts)
+        if rows:
+            logger.info("Admin facts of %d people kept from the last run", len(rows))
+
+    def invalidate(self, user_ids: Iterable[str], keep_admin_facts: bool = False) -> None:
+        """Their devices changed: read their keys again, and (unless ``keep_admin_facts``:
+        the user listing decides) what the admin API said."""
         users = list(user_ids)
         self.keys.invalidate(users)
         for user_id in users:
-            self._admin_cache.pop(user_id, None)
             self._reports.pop(user_id, None)
-            self._fetched.pop(user_id, None)
+            if not keep_admin_facts:
+                self._admin_cache.pop(user_id, None)
+                self._fetched.pop(user_id, None)
+        if self.kept is not None and not keep_admin_facts:
+            self._write_kept(lambda kept: kept.forget_admin_facts(users))
 
     def _unchanged(self, users: list[str], now: int, fresh: bool
                    ) -> tuple[set[str], dict[str, Fetched]]:
@@ -151,9 +194,14 @@ class HygieneService:
         (keys, keys_seconds), ((admin, admin_failed), admin_seconds) = (
             keys_task.result(), admin_task.result())
         facts_seconds = time.monotonic() - started
+        to_keep: list[tuple[str, Fetched, AdminFacts]] = []
         for user_id, fetched in refetched.items():
             if user_id in keys and user_id not in admin_failed:
                 self._fetched[user_id] = fetched
+                if user_id in admin:
+                    to_keep.append((user_id, fetched, admin[user_id]))
+        if to_keep and self.kept is not None:
+            self._write_kept(lambda kept: kept.save_admin_facts(to_keep))
         now = self.clock.now_ms()
         day = now // DAY_MS
         reports: dict[str, UserReport] = {}
@@ -191,6 +239,16 @@ class HygieneService:
         if new and self.record is not None:  # an unchanged report was recorded before
             self._keep(self.record, new)
         return reports
+
+    def _write_kept(self, write: Callable[[KeptAdminFacts], None]) -> None:
+        """Kept facts only save requests after a restart: failing to write them costs that
+        saving, never an assessment."""
+        assert self.kept is not None
+        try:
+            write(self.kept)
+        except Exception as exc:
+            logger.warning("Keeping admin facts for the next run failed (%s: %s)",
+                           type(exc).__name__, exc)
 
     def _keep(self, record: Callable[[list[HygieneRecord]], None],
               new: list[HygieneRecord]) -> None:

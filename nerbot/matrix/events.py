@@ -44,8 +44,10 @@ class EventRouter:
         on_joined: JoinHandler,
         on_undecryptable: Callable[[RoomId, UserId], Awaitable[None]],
         not_before_ms: int,
-        on_devices_changed: Callable[[list[str]], None] | None = None,
+        on_devices_changed: Callable[[list[str], bool], None] | None = None,
     ) -> None:
+        """``on_devices_changed(users, first)``: ``first`` for the process's first sync, where
+        Synapse (the sync is full-state) lists everyone the bot shares a room with."""
         self.client = client
         self.store = store
         self.runner = runner
@@ -57,6 +59,7 @@ class EventRouter:
         self.on_devices_changed = on_devices_changed
         self._invites_in_flight: set[str] = set()
         self._room_mates: frozenset[str] | None = None
+        self._synced = False
         self.hold = UndecryptableHold(
             client, clock, grace_seconds,
             on_decrypted=self._late_decrypted,
@@ -75,10 +78,12 @@ class EventRouter:
 
     async def _on_sync(self, response: nio.SyncResponse) -> None:
         self._room_mates = None  # nio has applied this sync's memberships: recount on demand
+        first, self._synced = not self._synced, True
         changed = [str(u) for u in response.device_list.changed]
         if changed and self.on_devices_changed is not None:
-            logger.debug("Device lists changed for %d users", len(changed))
-            self.on_devices_changed(changed)
+            logger.debug("Device lists changed for %d users%s", len(changed),
+                         " (first sync)" if first else "")
+            self.on_devices_changed(changed, first)
 
     def shares_room(self, user_id: str) -> bool:
         """Whether the user has joined a room the bot is in (then sync tells us of their

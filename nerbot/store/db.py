@@ -24,6 +24,8 @@ from nerbot.domain.community import (
     VerificationRow,
     count_people,
 )
+from nerbot.domain.facts import AdminFacts, BackupFacts, BackupState
+from nerbot.domain.freshness import Fetched
 from nerbot.domain.guide import GuideProgress
 from nerbot.domain.reminders import ReminderHistory
 from nerbot.ids import RoomId, UserId
@@ -549,14 +551,56 @@ class Store:
                                                          int(r.at_risk)])
 
     def forget_assessments_except(self, user_ids: Iterable[str]) -> int:
-        """People no longer served (left every room, deactivated) drop out of the numbers."""
+        """People no longer served (left every room, deactivated) drop out of the numbers,
+        and what the admin API said about them is forgotten."""
         keep = set(user_ids)
         gone = [u for (u,) in self.db.execute("SELECT user_id FROM hygiene").fetchall()
                 if u not in keep]
+        unserved = [u for (u,) in self.db.execute("SELECT user_id FROM admin_facts").fetchall()
+                    if u not in keep]
         with self.db.atomic():
             self.db.conn.executemany("DELETE FROM hygiene WHERE user_id = ?",
                                      [(u,) for u in gone])
+            self.db.conn.executemany("DELETE FROM admin_facts WHERE user_id = ?",
+                                     [(u,) for u in unserved])
         return len(gone)
+
+    # -- admin facts kept across restarts ---------------------------------------------------
+
+    def save_admin_facts(self, items: Iterable[tuple[str, Fetched, AdminFacts]]) -> None:
+        """What the admin API said about each person, with when and their last_seen_ts then."""
+        rows = [(user_id, fetched.at_ms, fetched.last_seen_ms, _admin_facts_json(facts))
+                for user_id, fetched, facts in items]
+        if rows:
+            with self.db.atomic():
+                self.db.conn.executemany(
+                    "INSERT OR REPLACE INTO admin_facts (user_id, fetched_ms, last_seen_ms, "
+                    "facts) VALUES (?, ?, ?, ?)", rows)
+
+    def load_admin_facts(self, not_before_ms: int) -> list[tuple[str, Fetched, AdminFacts]]:
+        """The kept admin facts fetched at ``not_before_ms`` or later; older rows (they can no
+        longer stand for anyone) and rows that do not parse are deleted."""
+        kept: list[tuple[str, Fetched, AdminFacts]] = []
+        unusable: list[str] = []
+        rows = self.db.execute(
+            "SELECT user_id, fetched_ms, last_seen_ms, facts FROM admin_facts").fetchall()
+        for user_id, fetched_ms, last_seen_ms, text in rows:
+            facts = _admin_facts_from_json(text) if fetched_ms >= not_before_ms else None
+            if facts is None:
+                unusable.append(user_id)
+                continue
+            kept.append((str(user_id), Fetched(int(fetched_ms), last_seen_ms), facts))
+        if unusable:
+            with self.db.atomic():
+                self.db.conn.executemany("DELETE FROM admin_facts WHERE user_id = ?",
+                                         [(u,) for u in unusable])
+        return kept
+
+    def forget_admin_facts(self, user_ids: Iterable[str]) -> None:
+        users = [(u,) for u in user_ids]
+        if users:
+            with self.db.atomic():
+                self.db.conn.executemany("DELETE FROM admin_facts WHERE user_id = ?", users)
 
     def hygiene_records(self) -> list[HygieneRecord]:
         rows = self.db.execute(
@@ -713,3 +757,41 @@ class Store:
 
     def invites(self) -> list[dict[str, object]]:
         return list(self._table("invites").rows)
+
+
+ADMIN_FACTS_FORMAT = 1
+
+
+def _admin_facts_json(facts: AdminFacts) -> str:
+    backup = facts.backup
+    return json.dumps({
+        "format": ADMIN_FACTS_FORMAT, "exists": facts.exists,
+        "last_seen_ms": facts.last_seen_ms,
+        "backup": {"state": backup.state.value, "version": backup.version,
+                   "secret_storage": backup.secret_storage,
+                   "key_backup_enabled": backup.key_backup_enabled,
+                   "legacy_backup_marker": backup.legacy_backup_marker,
+                   "storage_opted_out": backup.storage_opted_out}})
+
+
+def _admin_facts_from_json(text: object) -> AdminFacts | None:
+    """None for anything but what ``_admin_facts_json`` wrote (then the row is read again
+    from the homeserver): a row from another format never becomes a wrong fact."""
+    try:
+        raw = json.loads(text) if isinstance(text, str) else None
+        if not isinstance(raw, dict) or raw.get("format") != ADMIN_FACTS_FORMAT:
+            return None
+        backup, seen = raw["backup"], raw["last_seen_ms"]
+        flags = ("secret_storage", "key_backup_enabled", "legacy_backup_marker",
+                 "storage_opted_out")
+        if not (isinstance(raw["exists"], bool) and isinstance(seen, dict)
+                and all(isinstance(k, str) and (v is None or type(v) is int)
+                        for k, v in seen.items())
+                and (backup["version"] is None or isinstance(backup["version"], str))
+                and all(backup[f] is None or isinstance(backup[f], bool) for f in flags)):
+            return None
+        return AdminFacts(exists=raw["exists"], last_seen_ms=dict(seen), backup=BackupFacts(
+            state=BackupState(backup["state"]), version=backup["version"],
+            **{f: backup[f] for f in flags}))
+    except (ValueError, KeyError, TypeError):
+        return None

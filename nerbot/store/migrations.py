@@ -133,4 +133,13 @@ def build_migrations() -> Migrations:
         db.table("guide_runs").create_index(["ended_ms"])
         db.table("invites").create_index(["at_ms"])
 
+    @migrations(name="0010_admin_facts")
+    def admin_facts(db: Database) -> None:
+        # What the admin API said about each local person, when, and their last_seen_ts then:
+        # facts still current at a restart (nerbot.domain.freshness) are not read again.
+        db.table("admin_facts").create(
+            {"user_id": str, "fetched_ms": int, "last_seen_ms": int, "facts": str},
+            pk="user_id",
+        )
+
     return migrations

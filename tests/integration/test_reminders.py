@@ -344,6 +344,27 @@ async def test_admin_wide_scan_reaches_users_in_no_shared_room_and_sees_new_sess
             await scan(bot)
         [facts] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Facts")]
         assert facts.endswith(", 2 unchanged since read, 0 unavailable, 0 failed"), facts
+        # A restart keeps what the admin API said: its first scan does not ask about them again.
+        await bot.stop()
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="nerbot.hygiene"):
+            bot = NerbotApp(config, clock=clock)
+            await bot.start()
+            assert bot.admin_probe is not None
+            asked: list[str] = []
+            read_facts = bot.admin_probe.facts
+
+            async def counted(user_id: str) -> Any:
+                asked.append(user_id)
+                return await read_facts(user_id)
+
+            bot.admin_probe.facts = counted  # type: ignore[method-assign]
+            await scan(bot)
+        messages = [r.getMessage() for r in caplog.records]
+        assert "Admin facts of 2 people kept from the last run" in messages
+        assert loner.user_id not in asked, asked
+        [facts] = [m for m in messages if m.startswith("Facts")]
+        assert ", 0 unavailable, 0 failed" in facts and not reminders_of(bot, loner.user_id)[1:]
         # A new login is a request of theirs: the listing moves, the next scan reads them again.
         assert bot.admin_probe is not None
         def last_seen() -> int | None:

@@ -8,7 +8,7 @@ import pytest
 
 from nerbot.alert_service import AlertService
 from nerbot.domain.assessment import DAY_MS, AssessmentPolicy
-from nerbot.domain.facts import DeviceFacts, KeyFacts
+from nerbot.domain.facts import AdminFacts, BackupFacts, BackupState, DeviceFacts, KeyFacts
 from nerbot.domain.freshness import (
     LISTING_VALID_MS,
     MAX_REUSE_MS,
@@ -86,11 +86,13 @@ class Homeserver:
         self.queried.clear()
 
 
-def wired(server: Homeserver, clock: Clock) -> tuple[HygieneService, AdminProbe]:
+def wired(server: Homeserver, clock: Clock, store: Store | None = None
+          ) -> tuple[HygieneService, AdminProbe]:
     """As the app wires them: nobody shares a room with the bot (an all-local scan)."""
     probe = AdminProbe(server, "token", backup_check=False, clock=clock)  # type: ignore[arg-type]
     keys = KeyDirectory(server, shares_room=lambda _user: False)  # type: ignore[arg-type]
-    service = HygieneService(keys, probe, AssessmentPolicy(), clock, activity=probe.listed)
+    service = HygieneService(keys, probe, AssessmentPolicy(), clock, activity=probe.listed,
+                             kept=store)
     return service, probe
 
 
@@ -155,6 +157,69 @@ async def test_a_listing_without_last_seen_proves_nothing() -> None:
     server.clear()
     await scan(service, probe)
     assert sorted(server.queried) == ["@a:hs", "@b:hs", "@c:hs"]
+
+
+async def test_a_restart_reads_again_only_who_made_a_request_since() -> None:
+    """The admin facts outlive the process: the first scan after a restart asks the admin
+    API only about people the listing shows active since (keys are one batched query)."""
+    server, clock, store = Homeserver(), Clock(), Store(":memory:")
+    service, probe = wired(server, clock, store)
+    await scan(service, probe)
+    assert len(server.admin_reads()) == 6
+    clock.now += 3600 * 1000
+    server.last_seen["@b:hs"] = clock.now - SETTLE_MS  # b signed in again meanwhile
+    server.clear()
+    restarted, probe = wired(server, clock, store)  # a new process on the same database
+    assert await scan(restarted, probe) == {"@a:hs", "@b:hs", "@c:hs"}
+    assert len(server.admin_reads()) == 2
+    assert all("/users/%40b%3Ahs/" in path for path in server.admin_reads())
+    assert sorted(server.queried) == ["@a:hs", "@b:hs", "@c:hs"]  # the key cache is new
+    # Without a recent listing, or fresh, kept facts prove nothing: read as before.
+    server.clear()
+    again, probe = wired(server, clock, store)
+    clock.now += LISTING_VALID_MS + 1
+    await again.assess(["@a:hs"])
+    assert any(path.startswith("/_synapse/admin/v2/users/%40a%3Ahs") for path in server.paths)
+
+
+async def test_the_first_syncs_device_changes_leave_kept_facts_to_the_listing() -> None:
+    server, clock, store = Homeserver(), Clock(), Store(":memory:")
+    service, probe = wired(server, clock, store)
+    await scan(service, probe)
+    clock.now += 3600 * 1000
+    server.clear()
+    restarted, probe = wired(server, clock, store)
+    restarted.invalidate(["@a:hs", "@b:hs"], keep_admin_facts=True)  # the first sync's list
+    await scan(restarted, probe)
+    assert server.admin_reads() == []  # nobody made a request: the kept facts stand
+    assert {u for u, _, _ in store.load_admin_facts(0)} == {"@a:hs", "@b:hs", "@c:hs"}
+
+
+async def test_kept_facts_expire_and_go_with_an_invalidation() -> None:
+    server, clock, store = Homeserver(), Clock(), Store(":memory:")
+    service, probe = wired(server, clock, store)
+    await scan(service, probe)
+    assert {u for u, _, _ in store.load_admin_facts(0)} == {"@a:hs", "@b:hs", "@c:hs"}
+    service.invalidate(["@a:hs"])  # e.g. sync reported a device change
+    assert {u for u, _, _ in store.load_admin_facts(0)} == {"@b:hs", "@c:hs"}
+    clock.now += MAX_REUSE_MS  # a day later nothing kept can stand: all read again
+    server.clear()
+    restarted, probe = wired(server, clock, store)
+    await scan(restarted, probe)
+    assert len(server.admin_reads()) == 6
+
+
+def test_kept_facts_round_trip_and_a_damaged_row_is_read_again() -> None:
+    store = Store(":memory:")
+    facts = AdminFacts(exists=True, last_seen_ms={"D": 5, "E": None}, backup=BackupFacts(
+        state=BackupState.PRESENT, version="3", secret_storage=True, key_backup_enabled=None,
+        legacy_backup_marker=False, storage_opted_out=None))
+    store.save_admin_facts([("@a:hs", Fetched(NOW, SEEN), facts),
+                            ("@b:hs", Fetched(NOW, None), facts)])
+    store.db.execute("UPDATE admin_facts SET facts = '{\"format\": 1}' WHERE user_id = '@b:hs'")
+    assert store.load_admin_facts(NOW) == [("@a:hs", Fetched(NOW, SEEN), facts)]
+    assert store.load_admin_facts(NOW + 1) == []  # older than asked for: deleted
+    assert store.load_admin_facts(0) == []
 
 
 class CountingStore(Store):

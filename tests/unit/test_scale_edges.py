@@ -103,6 +103,18 @@ async def test_room_mates_are_counted_once_per_sync() -> None:
     assert not events.shares_room("@z:hs")
 
 
+async def test_device_changes_say_whether_they_come_with_the_first_sync() -> None:
+    """The first sync of a process is full-state (Synapse lists every room-mate as changed);
+    the app keeps the admin facts of the last run then, and only then."""
+    seen: list[tuple[list[str], bool]] = []
+    events = router(Store(":memory:"), {})
+    events.on_devices_changed = lambda users, first: seen.append((users, first))
+    for changed in (["@x:hs", "@y:hs"], [], ["@x:hs"]):
+        await events._on_sync(SimpleNamespace(  # type: ignore[arg-type]
+            device_list=SimpleNamespace(changed=changed)))
+    assert seen == [(["@x:hs", "@y:hs"], True), (["@x:hs"], False)]
+
+
 def test_a_room_with_two_members_is_a_dm_only_when_recorded_as_one() -> None:
     store = Store(":memory:")
     events = router(store, {})
