@@ -8,10 +8,12 @@ Synapse virtualenv is shared with the tests' cache, accounts and passwords are k
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -200,7 +202,7 @@ async def run_demo(
         if exit_after_reply:
             return 0
         report("Running; press Ctrl-C to stop the bot and the homeserver.")
-        await asyncio.Event().wait()
+        await _until_stopped()
         return 0
     finally:
         if peer is not None:
@@ -208,3 +210,17 @@ async def run_demo(
         if app is not None:
             await app.stop()
         await asyncio.to_thread(synapse.stop)
+
+
+async def _until_stopped() -> None:
+    """Until Ctrl-C (the task is cancelled) or SIGTERM: both end in ``run_demo``'s cleanup,
+    which stops the bot and the homeserver it started (a plain SIGTERM left Synapse running)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):  # main thread only
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
+            loop.remove_signal_handler(signal.SIGTERM)
