@@ -42,6 +42,7 @@ from nerbot.domain.guide import (
     previous_step,
     start_guide,
     suggest_guide,
+    with_step_id,
 )
 from nerbot.errors import FactsUnavailable
 from nerbot.i18n import Catalog, Voice
@@ -209,7 +210,7 @@ class GuideConversation:
             lang = self.voice.language(user_id)
             before = self.voice.t(user_id, "guide.replaced", title=current[0].title[lang])
         progress = start_guide(guide, report, now)
-        self.store.save_guide_progress(user_id, progress)
+        self.store.save_guide_progress(user_id, with_step_id(guide, progress))
         logger.info("Guide %s started by %s", guide.name, user_id)
         return self.step_text(user_id, guide, progress, platform, before=before)
 
@@ -252,7 +253,7 @@ class GuideConversation:
         assert outcome.progress is not None
         text = self.step_text(user_id, guide, outcome.progress,
                               await self.platform_of(user_id, report), before=before)
-        self._save_with_answer(user_id, outcome.progress)
+        self._save_with_answer(user_id, guide, outcome.progress)
         return text
 
     async def back(self, user_id: UserId) -> str:
@@ -266,12 +267,13 @@ class GuideConversation:
         text = self.step_text(user_id, guide, outcome.progress,
                               await self.platform_of(user_id), before=before)
         if outcome.move is Move.BACK:
-            self._save_with_answer(user_id, outcome.progress)
+            self._save_with_answer(user_id, guide, outcome.progress)
         return text
 
     # -- the answer to a step change, exactly once across crashes ----------------------------
 
-    def _save_with_answer(self, user_id: UserId, progress: GuideProgress) -> None:
+    def _save_with_answer(self, user_id: UserId, guide: Guide, progress: GuideProgress
+                          ) -> None:
         """Store the new step together with the transaction ID its answer will be sent with.
 
         The answer is sent right after (``guide_commands``) and then marked sent. A crash in
@@ -279,7 +281,7 @@ class GuideConversation:
         again with the same ID, which the homeserver turns into a no-op if it got the first.
         So the step stored is always the step the person sees.
         """
-        self.store.save_guide_progress(user_id, progress,
+        self.store.save_guide_progress(user_id, with_step_id(guide, progress),
                                        unsent_txn=answer_txn(user_id, progress))
 
     def unsent_txn(self, user_id: UserId) -> str | None:

@@ -517,6 +517,7 @@ class GuideProgress:
     updated_ms: int
     signed_at_start: frozenset[str] = frozenset()
     known_at_start: frozenset[str] = frozenset()
+    step_id: str | None = None  # as stored: the ID of the step at ``step`` when it was saved
 
 
 def start_guide(guide: Guide, report: UserReport | None, now_ms: int) -> GuideProgress:
@@ -647,17 +648,29 @@ def next_step(guide: Guide, progress: GuideProgress, check: CheckResult | None,
         return GuideOutcome(Move.STAYED, progress, check)
     if progress.step + 1 >= len(guide.steps):
         return GuideOutcome(Move.FINISHED, None, check)
-    return GuideOutcome(Move.ADVANCED, replace(progress, step=progress.step + 1,
+    return GuideOutcome(Move.ADVANCED, replace(progress, step=progress.step + 1, step_id=None,
                                                updated_ms=now_ms), check)
 
 
 def previous_step(progress: GuideProgress, now_ms: int) -> GuideOutcome:
     if progress.step == 0:
         return GuideOutcome(Move.AT_START, progress)
-    return GuideOutcome(Move.BACK, replace(progress, step=progress.step - 1, updated_ms=now_ms))
+    return GuideOutcome(Move.BACK, replace(progress, step=progress.step - 1, step_id=None,
+                                           updated_ms=now_ms))
+
+
+def with_step_id(guide: Guide, progress: GuideProgress) -> GuideProgress:
+    """The progress as it is stored: with the ID of its step, which ``clamp`` finds again."""
+    return replace(progress, step_id=guide.steps[progress.step].id)
 
 
 def clamp(guide: Guide, progress: GuideProgress) -> GuideProgress:
-    """A stored step beyond the guide's end (the guide got shorter in an update) → last step."""
+    """Where stored progress resumes in the guide as it is now: at the step with the stored ID
+    (steps inserted or removed around it move nobody); without one (saved before IDs were
+    stored, or a step an update removed) at the stored position, the last step past the end."""
+    ids = [step.id for step in guide.steps]
+    if progress.step_id in ids:
+        at = ids.index(progress.step_id)
+        return progress if at == progress.step else replace(progress, step=at)
     last = len(guide.steps) - 1
     return progress if progress.step <= last else replace(progress, step=last)

@@ -204,22 +204,26 @@ class Store:
 
     def get_guide_progress(self, user_id: UserId) -> GuideProgress | None:
         row = self._one("SELECT guide, step, started_ms, updated_ms, signed_at_start, "
-                        "known_at_start FROM guide_progress WHERE user_id = ?", [user_id])
+                        "known_at_start, step_id FROM guide_progress WHERE user_id = ?",
+                        [user_id])
         if row is None:
             return None
-        guide, step, started_ms, updated_ms, signed_at_start, known_at_start = row
+        guide, step, started_ms, updated_ms, signed_at_start, known_at_start, step_id = row
         return GuideProgress(
             guide=guide, step=int(step), started_ms=int(started_ms), updated_ms=int(updated_ms),
             signed_at_start=frozenset(json.loads(signed_at_start or "[]")),
             known_at_start=frozenset(json.loads(known_at_start or "[]")),
+            step_id=None if step_id is None else str(step_id),
         )
 
     def save_guide_progress(self, user_id: UserId, progress: GuideProgress,
                             unsent_txn: str | None = None) -> None:
-        """Store the step; ``unsent_txn``: its answer is about to be sent with this txn ID."""
+        """Store the step (its position and ``step_id``); ``unsent_txn``: its answer is about
+        to be sent with this txn ID."""
         with self.db.atomic():
             self._table("guide_progress").upsert(
                 {"user_id": user_id, "guide": progress.guide, "step": progress.step,
+                 "step_id": progress.step_id,
                  "started_ms": progress.started_ms, "updated_ms": progress.updated_ms,
                  "signed_at_start": json.dumps(sorted(progress.signed_at_start)),
                  "known_at_start": json.dumps(sorted(progress.known_at_start)),

@@ -142,4 +142,10 @@ def build_migrations() -> Migrations:
             pk="user_id",
         )
 
+    @migrations(name="0011_guide_step_id")
+    def guide_step_id(db: Database) -> None:
+        # The step is found again by its ID, so inserting or removing steps in a guide never
+        # moves anyone; ``step`` (the position) stays for rows written before this.
+        db.table("guide_progress").add_column("step_id", str)
+
     return migrations

@@ -228,9 +228,9 @@ def test_suggestion_platform_guess_and_clamp() -> None:
     assert clamp(BACKUP, progress(step=99)).step == len(BACKUP.steps) - 1
 
 
-# Each guide's step ids before the 2026 split into one action per step. Progress is stored by
-# position (``guide_progress.step``), not by id, so a person who saved position j in the old
-# list resumes at position j of the new one (``clamp`` only catches positions past the end).
+# Each guide's step ids before the 2026 split into one action per step. Progress saved before
+# step IDs were stored (migration 0011) has only its position (``guide_progress.step``), so a
+# person who saved position j in the old list resumes at position j of the new one.
 BEFORE_SPLIT = {
     "backup": ("why", "open-settings", "open-encryption", "start-recovery", "show-key",
                "save-key", "finish"),
@@ -262,6 +262,30 @@ def test_a_position_saved_before_the_split_resumes_at_or_before_its_step(name: s
     assert set(checkpointed) <= set(old)  # the checks stayed on the steps they check
     past_end = clamp(guide, GuideProgress(name, len(ids) + 3, 0, 0))
     assert past_end.step == len(ids) - 1
+
+
+async def test_a_guide_edited_between_two_visits_resumes_at_the_same_step() -> None:
+    """Progress is stored with its step's ID: steps inserted before it, or the ones around it
+    removed, move nobody. Rows without an ID (written before IDs were stored) and IDs an
+    update removed resume by position."""
+    conv, store, _, _ = conversation(report(dev("A"), recovery=False))
+    await conv.begin(ALICE, "backup")
+    await conv.next(ALICE)
+    await conv.next(ALICE)
+    stored = store.get_guide_progress(ALICE)
+    assert stored is not None and stored.step == 2
+    assert stored.step_id == BACKUP.steps[2].id
+    intro = dataclasses.replace(BACKUP.steps[0], id="new-intro")
+    edited = dataclasses.replace(BACKUP, steps=(intro, *BACKUP.steps))
+    assert clamp(edited, stored).step == 3 and edited.steps[3].id == stored.step_id
+    shorter = dataclasses.replace(BACKUP, steps=BACKUP.steps[:1] + BACKUP.steps[2:])
+    assert shorter.steps[clamp(shorter, stored).step].id == stored.step_id
+    assert clamp(edited, dataclasses.replace(stored, step_id=None)).step == 2  # an old row
+    gone = dataclasses.replace(BACKUP, steps=BACKUP.steps[:2] + BACKUP.steps[3:])
+    assert clamp(gone, stored).step == 2  # its step was removed: the same position
+    await conv.back(ALICE)
+    back = store.get_guide_progress(ALICE)
+    assert back is not None and back.step_id == BACKUP.steps[1].id
 
 
 def test_library_lookup_and_close_match() -> None:
