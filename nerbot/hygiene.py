@@ -237,7 +237,7 @@ class HygieneService:
                    "since read, %d unavailable, %d failed", len(users), facts_seconds,
                    keys_seconds, admin_seconds, len(unchanged), unavailable, failed)
         if new and self.record is not None:  # an unchanged report was recorded before
-            self._keep(self.record, new)
+            self._record_new(self.record, new)
         return reports
 
     def _write_kept(self, write: Callable[[KeptAdminFacts], None]) -> None:
@@ -250,8 +250,8 @@ class HygieneService:
             logger.warning("Keeping admin facts for the next run failed (%s: %s)",
                            type(exc).__name__, exc)
 
-    def _keep(self, record: Callable[[list[HygieneRecord]], None],
-              new: list[HygieneRecord]) -> None:
+    def _record_new(self, record: Callable[[list[HygieneRecord]], None],
+                    new: list[HygieneRecord]) -> None:
         """Record the new assessments; if the batch cannot be written, each person on their
         own. Whoever still fails keeps their report but is recorded at their next assessment
         (their memo is dropped), so nobody's assessment is lost to someone else's."""
