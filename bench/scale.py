@@ -45,7 +45,8 @@ outside only: its log lines, its database (read-only), ``/proc/<pid>``, and the 
    asker sends ``!help`` at process start; seconds from process start to the answer decrypted
    on the asker's side, and to the bot's "Logged in" (session and crypto store opened) and
    "nerbot is running" (first sync processed) lines. The first sync as the bot logs it
-   ("First sync: …", if this version of the bot logs it), and, after the bot's final stop,
+   ("First sync (resumed|full state): …"; older versions: "First sync: …", always full
+   state; versions before that did not log it), and, after the bot's final stop,
    what a full-state sync of the bot's account with the bot's filter returns (bytes, rooms,
    seconds; an admin-API login as the bot, which creates no device).
 4. Steady state: those 100 people each log in a new device with keys, unsigned (at once, 8 at
@@ -134,7 +135,8 @@ SCAN_RE = re.compile(r"Reminder scan: (\d+) users, (\d+) queued, held (\{.*?\}),
                      r"\(([\d.]+) s\)")
 FACTS_RE = re.compile(r"Facts for (\d+) people in ([\d.]+) s: keys ([\d.]+) s, admin API "
                       r"([\d.]+) s, (\d+) unchanged since read")
-FIRST_SYNC_RE = re.compile(r"First sync: (\d+) joined rooms, (\d+) invites, ([\d.]+) s")
+FIRST_SYNC_RE = re.compile(r"First sync(?: \(([a-z ]+)\))?: (\d+) joined rooms, (\d+) invites, "
+                           r"([\d.]+) s")
 LOG_TIME_RE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
 HELP_MARK = "show this list"  # in the answer to !help (en)
 
@@ -1171,9 +1173,10 @@ class Bench:
                    verdict(answered <= TARGET_RESTART))
         if first_sync is not None:
             m = first_sync.match
-            report.line(f"    first sync (bot's log): {m.group(1)} joined rooms, {m.group(2)} "
-                        f"invites, {m.group(3)} s")
-            report.row("first sync (bot's log)", f"{m.group(1)} rooms, {m.group(3)} s")
+            kind = m.group(1) or "full state"  # versions before the room index: always full
+            report.line(f"    first sync (bot's log, {kind}): {m.group(2)} joined rooms, "
+                        f"{m.group(3)} invites, {m.group(4)} s")
+            report.row("first sync (bot's log)", f"{kind}: {m.group(2)} rooms, {m.group(4)} s")
         else:
             report.line("    first sync (bot's log): not logged by this version")
             report.row("first sync (bot's log)", "not logged")

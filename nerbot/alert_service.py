@@ -11,6 +11,10 @@ that they wait for ``retry_now`` (the bot's homeserver is back after an outage) 
 device-list change. The others in the batch go on; nobody is dropped. If the batch's key
 query itself fails unexpectedly, everyone in it takes that retry path. The delay grows by the
 bot's one backoff rule (``nerbot.matrix.reachability.backoff_delay``).
+
+Who waits for a check is written down as sync reports them (before the sync position moves
+past the change) and crossed off once checked: a stop or crash before the check loses no one
+(``resume`` at the next start).
 """
 
 from __future__ import annotations
@@ -67,6 +71,16 @@ class AlertService:
         # rescan with nothing changed) has nothing new to say, and costs no database read.
         self._reviewed: dict[str, KeyFacts] = {}
 
+    def resume(self) -> None:
+        """Check the people whose change the last run noted but did not check."""
+        if not self.enabled:
+            return
+        users = self.store.device_changes()
+        if users:
+            logger.info("Checking %d user(s) whose device change was not checked before the "
+                        "last stop", len(users))
+            self.devices_changed(users)
+
     def devices_changed(self, user_ids: Iterable[str]) -> None:
         """From sync: look at the changed users once the burst has settled, in one batch."""
         if not self.enabled:
@@ -74,6 +88,7 @@ class AlertService:
         fresh = {u for u in user_ids if u != self.bot_user} - self._waiting
         if not fresh:
             return
+        self.store.note_device_changes(sorted(fresh), self.clock.now_ms())
         start_timer = not self._waiting
         self._waiting.update(fresh)
         if start_timer:
@@ -109,6 +124,9 @@ class AlertService:
         logger.log(logging.WARNING if failed else logging.INFO,
                    "Alert check: %d people, %d alerted, %d failed%s", len(users), alerted,
                    len(failed), " (tried again later)" if failed else "")
+        # Crossed off: who was checked, unless they changed again meanwhile (waiting again).
+        keep = set(failed) | self._waiting
+        self.store.clear_device_changes(u for u in users if u not in keep)
         if failed:
             self._retry_later(failed)
         if alerted:

@@ -37,6 +37,7 @@ from nerbot.matrix.http import MatrixHttp
 from nerbot.matrix.identity import IdentityResult, ensure_identity
 from nerbot.matrix.keys import FETCH_ERRORS, KeyDirectory, user_exists
 from nerbot.matrix.reachability import UNREACHABLE_ERRORS, Recovery, versions_probe
+from nerbot.matrix.roomindex import RoomIndex
 from nerbot.matrix.session import MatrixSession, open_session
 from nerbot.matrix.syncer import SyncLoop
 from nerbot.matrix.transport import DirectRooms, MatrixTransport
@@ -84,6 +85,7 @@ class NerbotApp:
         self.reminders: ReminderService | None = None
         self.text: MessageText | None = None
         self.syncer: SyncLoop | None = None
+        self.room_index: RoomIndex | None = None
         self.recovery: Recovery | None = None
         # Does Synapse rate-limit the bot's account? None: not known (no admin token, or the
         # check failed); False: exempt (override with rate 0); True: limits apply.
@@ -173,11 +175,18 @@ class NerbotApp:
         )
         events.register()
         verifier.register()
+        rooms = self.room_index = RoomIndex(client, store)
+        resume_from = rooms.resume()
+        rooms.register()
         syncer = self.syncer = SyncLoop(client, self.recovery, settle=self.runner.settle,
-                                        on_reconnected=self._on_reconnected)
+                                        on_reconnected=self._on_reconnected,
+                                        resume_from=resume_from,
+                                        on_resume_refused=rooms.refused)
         self.runner.spawn(syncer.run(), name="sync")
         self.runner.every(UNDECRYPTABLE_RETRY_SECONDS, events.hold.retry, name="undecryptable")
         await asyncio.wait_for(syncer.first_sync.wait(), first_sync_timeout)
+        if self.alerts is not None:
+            self.alerts.resume()  # changes the last run noted and did not get to check
         if config.metrics.listen:
             await self._serve_metrics(store, syncer)
         self.runner.every(RETENTION_EVERY_SECONDS, self._prune, name="retention")
@@ -319,8 +328,8 @@ class NerbotApp:
         if self.config.matrix.user_id in user_ids:  # the bot's own account: is it still ours?
             self.runner.spawn(self._check_own_account(), name="own account")
         if self.hygiene is not None:
-            # The first sync of a process is full-state: Synapse lists every room-mate, changed
-            # or not. Admin facts kept from the last run then stand or fall by the user listing
+            # A full-state first sync (no kept position) lists every room-mate, changed or not.
+            # Admin facts kept from the last run then stand or fall by the user listing
             # (changing one's own devices is a request, which moves ``last_seen_ts``).
             self.hygiene.invalidate(user_ids, keep_admin_facts=first_sync)
         if self.alerts is not None:

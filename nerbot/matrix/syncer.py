@@ -8,8 +8,9 @@ upload/query/claim), with these differences:
 - side requests get a task only when there is something to send;
 - the next sync waits (briefly) for the reactions to the last one, so the bot's own events come
   back together instead of one sync each;
-- only the very first sync of the process asks for the full state; after an error the loop
-  resumes from nio's token like any other sync;
+- the very first sync of the process resumes from the position the room index kept
+  (``nerbot.matrix.roomindex``), or, without one, asks for the full state; after an error the
+  loop resumes from nio's token like any other sync;
 - an unreachable homeserver is probed every few seconds (``Recovery``), so syncing resumes
   within seconds of its return (the first sync then catches up without a long poll), and
   ``on_reconnected`` lets the app retry the background work that failed meanwhile. A
@@ -58,8 +59,12 @@ class SyncLoop:
 
     def __init__(self, client: nio.AsyncClient, recovery: Recovery,
                  settle: Settle | None = None,
-                 on_reconnected: Callable[[], None] | None = None) -> None:
+                 on_reconnected: Callable[[], None] | None = None,
+                 resume_from: str | None = None,
+                 on_resume_refused: Callable[[], None] | None = None) -> None:
         self.client = client
+        self.resume_from = resume_from
+        self.on_resume_refused = on_resume_refused
         self.recovery = recovery
         self.settle = settle
         self.on_reconnected = on_reconnected
@@ -123,17 +128,30 @@ class SyncLoop:
             self.client.synced.clear()
 
     async def _first_sync(self) -> None:
-        """nio keeps no room state across restarts: the process's first sync asks for the full
-        state, and runs alone so the side requests see the rooms it brings.
+        """The first sync resumes from ``resume_from`` (the rooms it does not bring are known
+        from the room index), or asks for the full state; it runs alone so the side requests
+        see the rooms it brings.
 
         A method of its own so that the response (with thousands of DMs, every room's state,
         the parsed events and the raw body: ~90 MB) is freed on return; as a local of the
         loop it stayed referenced for the life of the process."""
         started = time.monotonic()
-        sync = await self.client.sync(0, self.filter, full_state=True)
+        since = self.resume_from
+        if since is not None:
+            sync = await self.client.sync(0, self.filter, since=since)
+            if _refused(sync):
+                logger.warning("The homeserver refused the kept sync position (%s)",
+                               getattr(sync, "message", sync))
+                self.resume_from = None
+                if self.on_resume_refused is not None:
+                    self.on_resume_refused()
+                return  # the loop comes back here, for the full state
+        else:
+            sync = await self.client.sync(0, self.filter, full_state=True)
         rooms = getattr(sync, "rooms", None)
         if isinstance(sync, nio.SyncResponse) and rooms is not None:
-            logger.info("First sync: %d joined rooms, %d invites, %.1f s",
+            logger.info("First sync (%s): %d joined rooms, %d invites, %.1f s",
+                        "resumed" if since is not None else "full state",
                         len(rooms.join), len(rooms.invite), time.monotonic() - started)
         await self.client.run_response_callbacks([sync])
         await self._run_all(self._side_requests())
@@ -188,6 +206,17 @@ class SyncLoop:
         logger.warning("Sync failed (%s); retrying in %.0f s", response.message,
                        self.recovery.delay)
         await self.recovery.back_off()
+
+
+def _refused(response: object) -> bool:
+    """A client error other than rate limiting or a rejected access token: the server will not
+    take this position again. A server error, 429 or 401 is the loop's usual business."""
+    if not isinstance(response, nio.SyncError):
+        return False
+    transport = response.transport_response
+    status = getattr(transport, "status", None)
+    return (isinstance(status, int) and 400 <= status < 500 and status not in (401, 429)
+            and response.status_code not in ("M_LIMIT_EXCEEDED", "M_UNKNOWN_TOKEN"))
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -81,6 +81,29 @@ class UserRecord:
     first_seen_ms: int
 
 
+SYNC_POSITION_META = "sync_position"
+
+
+@dataclass(frozen=True)
+class SyncPosition:
+    """Where the bot's syncing stopped, for the device that synced: to-device messages are
+    per device, so another device's position would skip some of them."""
+
+    device_id: str
+    next_batch: str
+
+
+@dataclass(frozen=True)
+class KeptRoom:
+    """A room as the bot knows it from sync: its own membership (join, or a pending invite),
+    whether it is encrypted, and who is in it (user ID, invited rather than joined)."""
+
+    room_id: str
+    membership: str
+    encrypted: bool
+    members: tuple[tuple[str, bool], ...]
+
+
 class Store:
     """Typed access to the bot's tables. Every method is one short transaction.
 
@@ -464,9 +487,10 @@ class Store:
         """Mark an event handled; False if it already was (a replay must not answer twice).
 
         IDs older than ``HANDLED_EVENTS_KEEP_MS`` go, here (indexed, so cheap) and in the daily
-        ``prune``. That is as long as a replay could bring an event back: nio stores its sync
-        position before it hands a sync's events to the bot, so a restart resumes after them
-        (a power cut may lose its last commits: a replay of seconds); within a run, the
+        ``prune``. That is as long as a replay could bring an event back: the sync position a
+        start resumes from is saved once a sync's events were handed to the bot (the room
+        index), so a restart resumes after them (a crash or power cut in between replays a
+        sync or the last few seconds); within a run, the
         undecryptable-message hold re-delivers for at most an hour; and a start without a
         stored sync position, whose first sync brings each room's latest events however old,
         ignores everything from before that start (``NerbotApp.start``).
@@ -605,6 +629,78 @@ class Store:
         if users:
             with self.db.atomic():
                 self.db.conn.executemany("DELETE FROM admin_facts WHERE user_id = ?", users)
+
+    # -- device-list changes not yet checked (nerbot.alert_service) ---------------------------
+
+    def note_device_changes(self, user_ids: Iterable[str], now_ms: int) -> None:
+        rows = [(u, now_ms) for u in user_ids]
+        if rows:
+            with self.db.atomic():
+                self.db.conn.executemany(
+                    "INSERT OR IGNORE INTO device_changes (user_id, noticed_ms) VALUES (?, ?)",
+                    rows)
+
+    def device_changes(self) -> list[str]:
+        return [str(u) for (u,) in self.db.execute(
+            "SELECT user_id FROM device_changes ORDER BY noticed_ms, user_id")]
+
+    def clear_device_changes(self, user_ids: Iterable[str]) -> None:
+        rows = [(u,) for u in user_ids]
+        if rows:
+            with self.db.atomic():
+                self.db.conn.executemany("DELETE FROM device_changes WHERE user_id = ?", rows)
+
+    # -- room index (nerbot.matrix.roomindex) ------------------------------------------------
+
+    def save_rooms(self, position: SyncPosition, rooms: Iterable[KeptRoom],
+                   gone: Iterable[str] = (), replace_all: bool = False) -> None:
+        """The rooms a sync changed, and the position after it, in one transaction: a crash
+        leaves the position and the rooms of one same sync (the next start replays from there)."""
+        rooms = list(rooms)
+        gone_rows = [(room_id,) for room_id in gone]
+        with self.db.atomic():
+            conn = self.db.conn
+            if replace_all:
+                conn.execute("DELETE FROM rooms")
+                conn.execute("DELETE FROM room_members")
+            else:
+                conn.executemany("DELETE FROM rooms WHERE room_id = ?", gone_rows)
+                conn.executemany("DELETE FROM room_members WHERE room_id = ?", gone_rows)
+                conn.executemany("DELETE FROM room_members WHERE room_id = ?",
+                                 [(room.room_id,) for room in rooms])
+            conn.executemany(
+                "INSERT OR REPLACE INTO rooms (room_id, membership, encrypted) VALUES (?, ?, ?)",
+                [(room.room_id, room.membership, int(room.encrypted)) for room in rooms])
+            conn.executemany(
+                "INSERT OR REPLACE INTO room_members (room_id, user_id, invited) "
+                "VALUES (?, ?, ?)",
+                [(room.room_id, user_id, int(invited))
+                 for room in rooms for user_id, invited in room.members])
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                         (SYNC_POSITION_META, json.dumps(dataclasses.asdict(position))))
+
+    def load_rooms(self) -> tuple[SyncPosition | None, list[KeptRoom]]:
+        """The saved position and the rooms as of it; no position if none was saved or the
+        saved one does not parse (then the rooms are no use either)."""
+        try:
+            raw = json.loads(self.get_meta(SYNC_POSITION_META) or "null")
+            position = SyncPosition(str(raw["device_id"]), str(raw["next_batch"]))
+        except (ValueError, TypeError, KeyError):
+            return None, []
+        members: dict[str, list[tuple[str, bool]]] = {}
+        for room_id, user_id, invited in self.db.execute(
+                "SELECT room_id, user_id, invited FROM room_members ORDER BY room_id, user_id"):
+            members.setdefault(str(room_id), []).append((str(user_id), bool(invited)))
+        rooms = [KeptRoom(str(room_id), str(membership), bool(encrypted),
+                          tuple(members.get(str(room_id), ())))
+                 for room_id, membership, encrypted in self.db.execute(
+                     "SELECT room_id, membership, encrypted FROM rooms ORDER BY room_id")]
+        return position, rooms
+
+    def forget_sync_position(self) -> None:
+        """The next start asks for the full state (the rooms are replaced with its answer)."""
+        with self.db.atomic():
+            self.db.conn.execute("DELETE FROM meta WHERE key = ?", (SYNC_POSITION_META,))
 
     def hygiene_records(self) -> list[HygieneRecord]:
         rows = self.db.execute(

@@ -148,4 +148,17 @@ def build_migrations() -> Migrations:
         # moves anyone; ``step`` (the position) stays for rows written before this.
         db.table("guide_progress").add_column("step_id", str)
 
+    @migrations(name="0012_room_index")
+    def room_index(db: Database) -> None:
+        # The bot's rooms and their members as of the sync position in ``meta``
+        # (nerbot.matrix.roomindex): a restart resumes syncing from there instead of asking for
+        # every room's full state. ``membership`` is the bot's own: join, or invite (pending).
+        db.table("rooms").create({"room_id": str, "membership": str, "encrypted": int},
+                                 pk="room_id")
+        db.table("room_members").create({"room_id": str, "user_id": str, "invited": int},
+                                        pk=("room_id", "user_id"))
+        # People whose device list sync said changed and whose alert check has not yet run:
+        # written before the sync position moves past the change, deleted once checked.
+        db.table("device_changes").create({"user_id": str, "noticed_ms": int}, pk="user_id")
+
     return migrations

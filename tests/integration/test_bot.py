@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import nio
 import pytest
 import signedjson.key
 import signedjson.sign
@@ -145,6 +146,36 @@ async def test_restarts_keep_one_device_and_keep_decrypting(
     devices = http_json(f"{bot.config.matrix.homeserver}/_matrix/client/v3/devices",
                         bot.session.access_token)["devices"]
     assert [d["device_id"] for d in devices] == [device]
+
+
+async def test_a_restart_resumes_syncing_and_every_kept_room_still_works(
+    start_bot: Any, make_user: Any, make_peer: Any
+) -> None:
+    """The first sync after a restart resumes from the kept position (no full state): the
+    rooms it does not bring come from the room index, invitees included."""
+    bot = await start_bot()
+    bot_id = bot.config.matrix.user_id
+    talker = await make_peer(make_user())
+    talk_room = await open_dm(talker, bot)
+    shy = await make_peer(make_user(), auto_join=False)  # has not accepted the bot's DM yet
+    assert bot.transport is not None
+    shy_room = await bot.transport.send_dm(shy.user_id, "first")
+    await bot.stop()
+    newcomer = await make_peer(make_user())
+    new_room = await newcomer.create_encrypted_dm(bot_id)  # invited while the bot is down
+
+    bot = await start_bot()
+    assert bot.room_index is not None and bot.room_index.resumed
+    assert bot.transport is not None
+    assert "可用命令" in await talker.ask(talk_room, "!help", bot_id)  # a room with no news
+    # The DM is reused, and its room key goes to the invitee nio knows only from the index.
+    assert await bot.transport.send_dm(shy.user_id, "second") == shy_room
+    assert isinstance(await shy.client.join(shy_room), nio.JoinResponse)
+    bodies = [(await shy.wait_for_message(shy_room, sender=bot_id, timeout=60)).body
+              for _ in range(2)]
+    assert bodies == ["first", "second"]
+    await newcomer.wait_for_join(new_room, bot_id)  # the invite came with the resumed sync
+    assert "nerbot" in (await newcomer.wait_for_message(new_room, sender=bot_id)).body
 
 
 async def test_commands_sent_while_down_are_answered_after_start(

@@ -309,8 +309,9 @@ async def test_new_session_alert_arrives_once(
     The seed also picks the config: reminders on (the default; their start-up run delivers
     what the outbox holds) or alerts only. After the restart the person has exactly one alert
     naming the new session, and its outbox row is "sent". (A kill during the debounce loses
-    nothing: the first sync after a start asks for the full state, and Synapse then lists
-    every room-mate's device list as changed, so everyone is looked at again.) An alert
+    nothing: the change sync reported is written down before the sync position moves past it,
+    and the next start checks it; the first sync resumes from that position, so it does not
+    report the change again.) An alert
     recorded but not yet sent goes out at the next start with either config: with reminders
     on, their start-up job delivers the outbox first; with reminders off, ``NerbotApp.start``
     delivers it when anything is pending. Should it stay pending with reminders off, the test

@@ -159,6 +159,31 @@ async def test_alert_retries_are_bounded() -> None:
     await runner.stop()
 
 
+async def test_a_change_not_yet_checked_at_a_stop_is_checked_after_the_start() -> None:
+    # The next start's sync resumes past the change: only the note can bring it back.
+    store, runner = Store(":memory:"), TaskRunner()
+    for user in (A, B):
+        store.remember_devices(user, ["OLD"], 1)
+        store.remember_master_key(user, "M", 1)
+    keys = Keys(down={B})
+    alerts = AlertService(store, keys, Text(), Outbox(), Clock(), runner, UserId("@bot:hs"),  # type: ignore[arg-type]
+                          debounce_seconds=60)
+    alerts.devices_changed([A])
+    assert store.device_changes() == [A]  # noted at once, checked after the debounce
+    await runner.stop()  # the process stops during the debounce
+
+    runner = TaskRunner()
+    alerts = AlertService(store, keys, Text(), Outbox(), Clock(), runner, UserId("@bot:hs"),  # type: ignore[arg-type]
+                          debounce_seconds=0)
+    alerts.retry_seconds = 60
+    alerts.devices_changed([B])  # B's server does not answer: B stays noted
+    alerts.resume()
+    await until(lambda: [m.user_id for m in store.pending_messages()] == [A])
+    await until(lambda: store.device_changes() == [B])
+    assert keys.asked[0] == [A, B]  # one batch: what was noted and what is new
+    await runner.stop()
+
+
 class CrashingStore(Store):
     """Dies between queuing an alert and counting it, as a SIGKILL there would."""
 

@@ -1,0 +1,143 @@
+"""The bot's rooms and memberships, kept in our database, so a restart resumes syncing.
+
+nio keeps no rooms across restarts, so every start used to ask for the full state of every
+room: with 6,340 DMs that one response took Synapse 102 s to build. nio already stores its sync
+position; what it cannot do on its own is know the rooms that have no news since then (a
+resumed sync brings only rooms with new events, and ``room_send`` refuses a room nio does not
+know). This index keeps, per room, what the bot's sync filter lets through anyway (the bot's
+own membership, encryption, and who is joined or invited), written after every sync together
+with the position it belongs to. At the next start those rooms are handed to nio as
+``MatrixRoom`` objects in ``client.rooms`` (nio's public room model, which its own sync fills
+the same way) and the first sync resumes from the saved position.
+
+nio then works as it does for rooms it learnt from a sync: a room it knows only from here is
+not marked ``members_synced``, so before its first encrypted message nio asks the homeserver for
+the joined members (keeping the invitees it knows: the reason they are kept here), and the
+encryption flag comes from here and from nio's own list of encrypted rooms.
+
+A full-state sync is still used when no usable position is kept: on the first start, for
+another device, when an invite to the bot was pending (a resumed sync would not bring it
+again, and the bot must still decide it), or when the homeserver refuses the position.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import nio
+
+from nerbot.store.db import KeptRoom, Store, SyncPosition
+
+logger = logging.getLogger(__name__)
+
+JOINED = "join"
+INVITED = "invite"
+
+
+def kept_room(room: nio.MatrixRoom, membership: str = JOINED) -> KeptRoom:
+    members = tuple(sorted((str(user_id), user_id in room.invited_users)
+                           for user_id in room.users))
+    return KeptRoom(str(room.room_id), membership, bool(room.encrypted), members)
+
+
+def matrix_room(kept: KeptRoom, own_user_id: str, encrypted_rooms: set[str]) -> nio.MatrixRoom:
+    """The ``MatrixRoom`` nio would have built from this room's state (membership and
+    encryption: all the bot's sync filter lets through)."""
+    room = nio.MatrixRoom(kept.room_id, own_user_id,
+                          kept.encrypted or kept.room_id in encrypted_rooms)
+    for user_id, invited in kept.members:
+        room.add_member(user_id, None, None, invited)
+    return room
+
+
+class RoomIndex:
+    """Saves the rooms each sync changed; hands them back to nio at the next start."""
+
+    def __init__(self, client: nio.AsyncClient, store: Store) -> None:
+        self.client = client
+        self.store = store
+        self.resumed = False
+        self._replace_next = True  # the first sync of a start that did not resume is full
+
+    def register(self) -> None:
+        # Response callbacks run after nio has applied the sync to ``client.rooms``.
+        self.client.add_response_callback(self._on_sync, nio.SyncResponse)
+
+    def resume(self) -> str | None:
+        """Put the kept rooms into nio and return the position to sync from, or None when the
+        first sync must ask for the full state."""
+        position, rooms = self.store.load_rooms()
+        device_id = str(self.client.device_id)
+        if position is None:
+            return None
+        if position.device_id != device_id:
+            logger.info("Kept rooms belong to device %s, not %s: asking for the full state",
+                        position.device_id, device_id)
+            return None
+        if any(room.membership == INVITED for room in rooms):
+            logger.info("An invite to the bot was pending at the last stop: asking for the "
+                        "full state, which brings it again")
+            return None
+        own = str(self.client.user_id)
+        encrypted_rooms = set(self.client.encrypted_rooms)
+        for kept in rooms:
+            room = matrix_room(kept, own, encrypted_rooms)
+            self.client.rooms[kept.room_id] = room
+            if room.encrypted and self.client.olm is not None:
+                self.client.olm.update_tracked_users(room)  # as nio's sync does per room
+        self.resumed = True
+        self._replace_next = False
+        logger.info("Resuming sync with %d kept rooms", len(rooms))
+        return position.next_batch
+
+    def refused(self) -> None:
+        """The homeserver did not take the kept position: the next sync is full-state, and
+        its answer replaces the kept rooms."""
+        logger.warning("The homeserver refused the kept sync position; asking for the full "
+                       "state")
+        self.store.forget_sync_position()
+        for room_id in list(self.client.rooms):
+            del self.client.rooms[room_id]
+        self.resumed = False
+        self._replace_next = True
+
+    async def _on_sync(self, response: nio.SyncResponse) -> None:
+        position = SyncPosition(str(self.client.device_id), str(response.next_batch))
+        gone: list[str] = []
+        if self._replace_next:
+            changed = self._everything()
+        else:
+            changed, gone = self._changes(response)
+        try:
+            self.store.save_rooms(position, changed, gone, replace_all=self._replace_next)
+        except Exception:
+            # Then the next sync saves every room nio knows, replacing the index. Until one
+            # save works the kept position is gone, and a start asks for the full state.
+            logger.exception("Could not save the room index")
+            self._replace_next = True
+            with contextlib.suppress(Exception):
+                self.store.forget_sync_position()
+            return
+        self._replace_next = False
+
+    def _changes(self, response: nio.SyncResponse) -> tuple[list[KeptRoom], list[str]]:
+        rooms, invited = self.client.rooms, self.client.invited_rooms
+        changed = [kept_room(rooms[room_id]) for room_id in response.rooms.join
+                   if room_id in rooms]
+        changed += [kept_room(invited[room_id], INVITED) for room_id in response.rooms.invite
+                    if room_id in invited and room_id not in rooms]
+        gone = [room_id for room_id in response.rooms.leave
+                if room_id not in response.rooms.join]
+        return changed, gone
+
+    def _everything(self) -> list[KeptRoom]:
+        """Every room nio knows the bot to be in or invited to. (nio keeps rooms the bot left
+        in ``client.rooms``, without the bot among their members.)"""
+        own = str(self.client.user_id)
+        rooms = [kept_room(room) for room in self.client.rooms.values()
+                 if own in room.users and own not in room.invited_users]
+        joined = {room.room_id for room in rooms}
+        rooms += [kept_room(room, INVITED) for room in self.client.invited_rooms.values()
+                  if room.room_id not in joined]
+        return rooms

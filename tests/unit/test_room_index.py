@@ -1,0 +1,270 @@
+"""The room index: what nio learnt from syncs survives a restart, so the next start resumes.
+
+Real nio clients process real sync bodies (``receive_response``, as the sync loop runs it); only
+the homeserver is absent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nio
+
+from nerbot.matrix.reachability import Recovery
+from nerbot.matrix.roomindex import RoomIndex
+from nerbot.matrix.syncer import SyncLoop
+from nerbot.store import Store
+
+BOT = "@nerbot:example.org"
+ALICE = "@alice:example.org"
+BOB = "@bob:example.org"
+DM = "!dm:example.org"
+GROUP = "!group:example.org"
+
+
+def member(user_id: str, membership: str, sender: str = BOT) -> dict[str, Any]:
+    return {"type": "m.room.member", "state_key": user_id, "sender": sender,
+            "event_id": f"$m-{user_id}-{membership}", "origin_server_ts": 1,
+            "content": {"membership": membership}}
+
+
+ENCRYPTION = {"type": "m.room.encryption", "state_key": "", "sender": BOT, "event_id": "$enc",
+              "origin_server_ts": 1, "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
+
+
+def joined(state: list[dict[str, Any]], timeline: list[dict[str, Any]] | None = None
+           ) -> dict[str, Any]:
+    return {"state": {"events": state},
+            "timeline": {"events": timeline or [], "limited": False, "prev_batch": "p"},
+            "ephemeral": {"events": []}, "account_data": {"events": []}}
+
+
+def sync_body(token: str, join: dict[str, Any] | None = None,
+              invite: dict[str, Any] | None = None,
+              leave: dict[str, Any] | None = None) -> nio.SyncResponse:
+    body = {"next_batch": token,
+            "rooms": {"join": join or {}, "invite": invite or {}, "leave": leave or {}},
+            "to_device": {"events": []}, "presence": {"events": []},
+            "account_data": {"events": []}, "device_lists": {"changed": [], "left": []}}
+    response = nio.SyncResponse.from_dict(body)
+    assert isinstance(response, nio.SyncResponse), response
+    return response
+
+
+def new_client(device_id: str = "BOTDEVICE") -> nio.AsyncClient:
+    client = nio.AsyncClient("http://127.0.0.1:1", BOT, device_id=device_id)
+    client.user_id = BOT  # as a login sets it
+    return client
+
+
+async def apply(client: nio.AsyncClient, index: RoomIndex, response: nio.SyncResponse) -> None:
+    await client.receive_response(response)  # nio applies it to client.rooms
+    await client.run_response_callbacks([response])  # then the index saves it
+
+
+async def started(store: Store, device_id: str = "BOTDEVICE"
+                  ) -> tuple[nio.AsyncClient, RoomIndex, str | None]:
+    client = new_client(device_id)
+    index = RoomIndex(client, store)
+    position = index.resume()
+    index.register()
+    return client, index, position
+
+
+async def test_a_restart_gets_back_the_rooms_and_the_position_of_the_last_sync(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path / "bot.db")
+    client, index, position = await started(store)
+    assert position is None  # nothing kept: the first sync asks for the full state
+    await apply(client, index, sync_body("s1", join={
+        DM: joined([member(BOT, "join"), member(ALICE, "invite"), ENCRYPTION]),
+        GROUP: joined([member(BOT, "join"), member(BOB, "join", BOB)]),
+    }))
+    await client.close()
+
+    client, index, position = await started(store)
+    assert position == "s1"
+    assert index.resumed
+    dm, group = client.rooms[DM], client.rooms[GROUP]
+    assert dm.encrypted and not group.encrypted
+    assert set(dm.users) == {BOT, ALICE} and set(dm.invited_users) == {ALICE}
+    assert set(group.users) == {BOT, BOB} and not group.invited_users
+    assert not dm.members_synced  # nio asks for the joined members before its first message
+    await client.close()
+
+
+async def test_each_sync_saves_what_changed_and_forgets_the_rooms_left(tmp_path: Path) -> None:
+    store = Store(tmp_path / "bot.db")
+    client, index, _ = await started(store)
+    await apply(client, index, sync_body("s1", join={
+        DM: joined([member(BOT, "join"), member(ALICE, "invite"), ENCRYPTION]),
+        GROUP: joined([member(BOT, "join"), member(BOB, "join", BOB)]),
+    }))
+    await client.close()
+    client, index, _ = await started(store)
+    await apply(client, index, sync_body("s2", join={
+        DM: joined([], timeline=[member(ALICE, "join", ALICE)]),  # Alice accepted
+    }, leave={GROUP: {"state": {"events": []}, "timeline": {"events": [
+        member(BOT, "leave", BOB)], "limited": False, "prev_batch": "p"}}}))
+    await client.close()
+
+    client, _, position = await started(store)
+    assert position == "s2"
+    assert set(client.rooms) == {DM}
+    assert set(client.rooms[DM].users) == {BOT, ALICE} and not client.rooms[DM].invited_users
+    await client.close()
+
+
+async def test_a_full_state_sync_replaces_what_was_kept(tmp_path: Path) -> None:
+    store = Store(tmp_path / "bot.db")
+    client, index, _ = await started(store)
+    await apply(client, index, sync_body("s1", join={GROUP: joined([member(BOT, "join")])}))
+    await client.close()
+    # Another device (a new login): its first sync is full-state and lists only the DM.
+    client, index, position = await started(store, device_id="OTHERDEVICE")
+    assert position is None and not client.rooms
+    await apply(client, index, sync_body("s9", join={
+        DM: joined([member(BOT, "join"), member(ALICE, "join", ALICE), ENCRYPTION])}))
+    await client.close()
+
+    client, _, position = await started(store, device_id="OTHERDEVICE")
+    assert position == "s9" and set(client.rooms) == {DM}
+    await client.close()
+
+
+async def test_a_pending_invite_to_the_bot_makes_the_next_start_ask_for_the_full_state(
+        tmp_path: Path) -> None:
+    # A resumed sync would not bring the invite again, and the bot has not decided it yet.
+    store = Store(tmp_path / "bot.db")
+    client, index, _ = await started(store)
+    invite = {"invite_state": {"events": [
+        {"type": "m.room.member", "state_key": BOT, "sender": ALICE,
+         "content": {"membership": "invite"}}]}}
+    await apply(client, index, sync_body("s1", join={GROUP: joined([member(BOT, "join")])},
+                                         invite={DM: invite}))
+    await client.close()
+    client, index, position = await started(store)
+    assert position is None and not client.rooms and not index.resumed
+    await client.close()
+
+    # Once joined, the invite is no longer pending: the start after resumes.
+    client, index, _ = await started(store)
+    await apply(client, index, sync_body("s2", join={
+        GROUP: joined([member(BOT, "join")]),
+        DM: joined([member(BOT, "join"), member(ALICE, "join", ALICE)])}))
+    await client.close()
+    client, _, position = await started(store)
+    assert position == "s2" and set(client.rooms) == {DM, GROUP}
+    await client.close()
+
+
+async def test_a_refused_position_is_forgotten_with_the_kept_rooms(tmp_path: Path) -> None:
+    store = Store(tmp_path / "bot.db")
+    client, index, _ = await started(store)
+    await apply(client, index, sync_body("s1", join={GROUP: joined([member(BOT, "join")])}))
+    await client.close()
+    client, index, position = await started(store)
+    assert position == "s1" and client.rooms
+    index.refused()
+    assert not client.rooms and not index.resumed
+    await client.close()
+    client, _, position = await started(store)
+    assert position is None
+    await client.close()
+
+
+async def test_a_failed_save_is_made_good_by_the_next_one(tmp_path: Path) -> None:
+    store = Store(tmp_path / "bot.db")
+    client, index, _ = await started(store)
+    await apply(client, index, sync_body("s1", join={GROUP: joined([member(BOT, "join")])}))
+    real_save = store.save_rooms
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise OSError("disk full")
+
+    store.save_rooms = broken  # type: ignore[method-assign]
+    await apply(client, index, sync_body("s2", join={DM: joined([member(BOT, "join")])}))
+    assert store.load_rooms()[0] is None  # no position that would skip the DM
+    store.save_rooms = real_save  # type: ignore[method-assign]
+    await apply(client, index, sync_body("s3"))  # a sync with no news saves everything
+    await client.close()
+    client, _, position = await started(store)
+    assert position == "s3" and set(client.rooms) == {DM, GROUP}
+    await client.close()
+
+
+class ResumingClient:
+    """A nio client's sync surface that refuses the kept position once (a 400), then answers."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str | None, bool | None]] = []
+        self.callbacks: list[tuple[Any, Any]] = []
+        self.outgoing_to_device_messages: list[Any] = []
+        self.should_upload_keys = self.should_query_keys = self.should_claim_keys = False
+        self.synced = asyncio.Event()
+        self.loop: SyncLoop | None = None
+
+    def add_response_callback(self, callback: Any, kind: Any) -> None:
+        self.callbacks.append((callback, kind))
+
+    async def upload_filter(self, **_: Any) -> Any:
+        return nio.UploadFilterResponse("F1")
+
+    async def sync(self, timeout: int, sync_filter: Any,  # noqa: ASYNC109 (nio's signature)
+                   since: str | None = None, full_state: bool | None = None) -> Any:
+        self.calls.append((since, full_state))
+        if len(self.calls) == 1:
+            error = nio.SyncError("Unknown since token", "M_INVALID_PARAM")
+            error.transport_response = type("Status", (), {"status": 400})()  # type: ignore
+            return error
+        if len(self.calls) == 3 and self.loop is not None:
+            self.loop.stop()
+        return sync_body("s2")
+
+    async def run_response_callbacks(self, responses: list[Any]) -> None:
+        for response in responses:
+            for callback, kind in self.callbacks:
+                if isinstance(response, kind):
+                    await callback(response)
+
+
+async def test_a_refused_position_falls_back_to_the_full_state() -> None:
+    client, refused = ResumingClient(), []
+
+    async def probe() -> bool:
+        return True
+
+    client.loop = SyncLoop(client, Recovery(probe),  # type: ignore[arg-type]
+                           resume_from="s1", on_resume_refused=lambda: refused.append(1))
+    await client.loop.run()
+    assert client.calls == [("s1", None), (None, True), (None, None)]
+    assert refused == [1]
+
+
+class GoneClient(ResumingClient):
+    """The homeserver is away at the first try: not a refusal of the position."""
+
+    async def sync(self, timeout: int, sync_filter: Any,  # noqa: ASYNC109 (nio's signature)
+                   since: str | None = None, full_state: bool | None = None) -> Any:
+        self.calls.append((since, full_state))
+        if len(self.calls) == 1:
+            raise aiohttp.ClientConnectionError("homeserver gone")
+        if len(self.calls) == 2 and self.loop is not None:
+            self.loop.stop()
+        return sync_body("s2")
+
+
+async def test_an_unreachable_homeserver_does_not_cost_the_kept_position() -> None:
+    client, refused = GoneClient(), []
+
+    async def probe() -> bool:
+        return True
+
+    client.loop = SyncLoop(client, Recovery(probe),  # type: ignore[arg-type]
+                           resume_from="s1", on_resume_refused=lambda: refused.append(1))
+    await client.loop.run()
+    assert client.calls == [("s1", None), ("s1", None)]
+    assert refused == []
