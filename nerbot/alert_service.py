@@ -73,9 +73,10 @@ class AlertService:
 
     def resume(self) -> None:
         """Check the people whose change the last run noted but did not check."""
-        if not self.enabled:
-            return
         users = self.store.device_changes()
+        if not self.enabled:  # switched off since: nobody will check them
+            self.store.clear_device_changes(users)
+            return
         if users:
             logger.info("Checking %d user(s) whose device change was not checked before the "
                         "last stop", len(users))

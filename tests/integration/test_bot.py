@@ -17,6 +17,9 @@ import signedjson.sign
 import unpaddedbase64
 from botdm import open_dm
 
+from nerbot.store import Store
+from nerbot.store.db import SyncPosition
+
 pytestmark = pytest.mark.asyncio
 
 
@@ -176,6 +179,28 @@ async def test_a_restart_resumes_syncing_and_every_kept_room_still_works(
     assert bodies == ["first", "second"]
     await newcomer.wait_for_join(new_room, bot_id)  # the invite came with the resumed sync
     assert "nerbot" in (await newcomer.wait_for_message(new_room, sender=bot_id)).body
+
+
+async def test_a_kept_position_the_homeserver_refuses_falls_back_to_the_full_state(
+    start_bot: Any, make_user: Any, make_peer: Any
+) -> None:
+    bot = await start_bot()
+    bot_id = bot.config.matrix.user_id
+    peer = await make_peer(make_user())
+    room_id = await open_dm(peer, bot)
+    await bot.stop()
+    store = Store(bot.config.database_path)
+    position, rooms = store.load_rooms()
+    assert position is not None and room_id in {room.room_id for room in rooms}
+    store.save_rooms(SyncPosition(position.device_id, "not-a-stream-token"), [])
+    store.close()
+
+    bot = await start_bot()  # Synapse answers 400 "Invalid stream token"
+    assert bot.room_index is not None and not bot.room_index.resumed
+    assert "可用命令" in await peer.ask(room_id, "!help", bot_id)
+    assert bot.store is not None
+    position, _ = bot.store.load_rooms()
+    assert position is not None and position.next_batch != "not-a-stream-token"
 
 
 async def test_commands_sent_while_down_are_answered_after_start(
