@@ -89,7 +89,10 @@ class AlertService:
         fresh = {u for u in user_ids if u != self.bot_user} - self._waiting
         if not fresh:
             return
-        self.store.note_device_changes(sorted(fresh), self.clock.now_ms())
+        try:
+            self.store.note_device_changes(sorted(fresh), self.clock.now_ms())
+        except Exception:  # still checked in this run; only a crash before would lose them
+            logger.exception("Could not note the device changes of %d user(s)", len(fresh))
         start_timer = not self._waiting
         self._waiting.update(fresh)
         if start_timer:
@@ -97,6 +100,7 @@ class AlertService:
 
     async def _after_debounce(self) -> None:
         await asyncio.sleep(self.debounce_seconds)
+        started_ms = self.clock.now_ms()
         users = sorted(self._waiting)
         self._waiting.clear()  # a change during the checks starts the next batch
         try:
@@ -125,9 +129,13 @@ class AlertService:
         logger.log(logging.WARNING if failed else logging.INFO,
                    "Alert check: %d people, %d alerted, %d failed%s", len(users), alerted,
                    len(failed), " (tried again later)" if failed else "")
-        # Crossed off: who was checked, unless they changed again meanwhile (waiting again).
+        # Crossed off: who was checked, unless they changed again since this batch began
+        # (noted again, later; perhaps already in the next batch, or waiting for it).
         keep = set(failed) | self._waiting
-        self.store.clear_device_changes(u for u in users if u not in keep)
+        try:
+            self.store.clear_device_changes((u for u in users if u not in keep), started_ms)
+        except Exception:  # checked again after the next start: no alert is sent twice
+            logger.exception("Could not cross off %d checked user(s)", len(users))
         if failed:
             self._retry_later(failed)
         if alerted:

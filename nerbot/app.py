@@ -178,10 +178,16 @@ class NerbotApp:
         rooms = self.room_index = RoomIndex(client, store)
         resume_from = rooms.resume()
         rooms.register()
+
+        def refused() -> None:
+            # The initial sync brings each room's latest events however old: as on a start
+            # without a stored position, what came before now is not for the bot.
+            rooms.refused()
+            events.not_before_ms = max(events.not_before_ms, self.clock.now_ms())
+
         syncer = self.syncer = SyncLoop(client, self.recovery, settle=self.runner.settle,
                                         on_reconnected=self._on_reconnected,
-                                        resume_from=resume_from,
-                                        on_resume_refused=rooms.refused)
+                                        resume_from=resume_from, on_resume_refused=refused)
         self.runner.spawn(syncer.run(), name="sync")
         self.runner.every(UNDECRYPTABLE_RETRY_SECONDS, events.hold.retry, name="undecryptable")
         await asyncio.wait_for(syncer.first_sync.wait(), first_sync_timeout)
@@ -330,8 +336,10 @@ class NerbotApp:
         if self.hygiene is not None:
             # A full-state first sync (no kept position) lists every room-mate, changed or not.
             # Admin facts kept from the last run then stand or fall by the user listing
-            # (changing one's own devices is a request, which moves ``last_seen_ts``).
-            self.hygiene.invalidate(user_ids, keep_admin_facts=first_sync)
+            # (changing one's own devices is a request, which moves ``last_seen_ts``). A
+            # resumed first sync lists real changes, like any later one.
+            full_state = first_sync and not (self.room_index and self.room_index.resumed)
+            self.hygiene.invalidate(user_ids, keep_admin_facts=full_state)
         if self.alerts is not None:
             self.alerts.devices_changed(user_ids)
 

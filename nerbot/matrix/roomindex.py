@@ -13,7 +13,10 @@ the same way) and the first sync resumes from the saved position.
 nio then works as it does for rooms it learnt from a sync: a room it knows only from here is
 not marked ``members_synced``, so before its first encrypted message nio asks the homeserver for
 the joined members (keeping the invitees it knows: the reason they are kept here), and the
-encryption flag comes from here and from nio's own list of encrypted rooms.
+encryption flag comes from here and from nio's own list of encrypted rooms. nio 0.26 does not
+read a sync's ``leave`` section; rooms the bot left or was removed from are taken out of
+``client.rooms`` here, as nio's ``room_forget`` does (a kept room would otherwise look usable
+for the whole run).
 
 A full-state sync is still used when no usable position is kept: on the first start, for
 another device, when an invite to the bot was pending (a resumed sync would not bring it
@@ -59,6 +62,7 @@ class RoomIndex:
         self.store = store
         self.resumed = False
         self._replace_next = True  # the first sync of a start that did not resume is full
+        self._saved: dict[str, int] = {}  # room ID → hash of its kept form, as saved
 
     def register(self) -> None:
         # Response callbacks run after nio has applied the sync to ``client.rooms``.
@@ -86,6 +90,7 @@ class RoomIndex:
             self.client.rooms[kept.room_id] = room
             if room.encrypted and self.client.olm is not None:
                 self.client.olm.update_tracked_users(room)  # as nio's sync does per room
+            self._saved[kept.room_id] = hash(kept)
         self.resumed = True
         self._replace_next = False
         logger.info("Resuming sync with %d kept rooms", len(rooms))
@@ -94,21 +99,17 @@ class RoomIndex:
     def refused(self) -> None:
         """The homeserver did not take the kept position: the next sync is full-state, and
         its answer replaces the kept rooms."""
-        logger.warning("The homeserver refused the kept sync position; asking for the full "
-                       "state")
-        self.store.forget_sync_position()
-        for room_id in list(self.client.rooms):
-            del self.client.rooms[room_id]
+        self.client.rooms.clear()
+        self._saved.clear()
         self.resumed = False
         self._replace_next = True
+        with contextlib.suppress(Exception):  # the full-state answer replaces it anyway
+            self.store.forget_sync_position()
 
     async def _on_sync(self, response: nio.SyncResponse) -> None:
         position = SyncPosition(str(self.client.device_id), str(response.next_batch))
-        gone: list[str] = []
-        if self._replace_next:
-            changed = self._everything()
-        else:
-            changed, gone = self._changes(response)
+        gone = self._forget_left(response)
+        changed = self._everything() if self._replace_next else self._changes(response)
         try:
             self.store.save_rooms(position, changed, gone, replace_all=self._replace_next)
         except Exception:
@@ -116,27 +117,39 @@ class RoomIndex:
             # save works the kept position is gone, and a start asks for the full state.
             logger.exception("Could not save the room index")
             self._replace_next = True
+            self._saved.clear()
             with contextlib.suppress(Exception):
                 self.store.forget_sync_position()
             return
         self._replace_next = False
+        self._saved.update((room.room_id, hash(room)) for room in changed)
 
-    def _changes(self, response: nio.SyncResponse) -> tuple[list[KeptRoom], list[str]]:
-        rooms, invited = self.client.rooms, self.client.invited_rooms
-        changed = [kept_room(rooms[room_id]) for room_id in response.rooms.join
-                   if room_id in rooms]
-        changed += [kept_room(invited[room_id], INVITED) for room_id in response.rooms.invite
-                    if room_id in invited and room_id not in rooms]
+    def _forget_left(self, response: nio.SyncResponse) -> list[str]:
+        """Rooms the bot left, was removed from, or whose invite it rejected or lost. nio 0.26
+        does not read a sync's ``leave`` section and would keep them, with the bot among the
+        members, for the rest of the run; they go as nio's ``room_forget`` would have them go."""
         gone = [room_id for room_id in response.rooms.leave
                 if room_id not in response.rooms.join]
-        return changed, gone
+        for room_id in gone:
+            self.client.rooms.pop(room_id, None)
+            self.client.invited_rooms.pop(room_id, None)
+            self._saved.pop(room_id, None)
+        return gone
+
+    def _changes(self, response: nio.SyncResponse) -> list[KeptRoom]:
+        """The rooms this sync brought whose kept form changed (a message in a room with
+        thousands of members rewrites nothing)."""
+        rooms, invited = self.client.rooms, self.client.invited_rooms
+        brought = [kept_room(rooms[room_id]) for room_id in response.rooms.join
+                   if room_id in rooms]
+        brought += [kept_room(invited[room_id], INVITED) for room_id in response.rooms.invite
+                    if room_id in invited and room_id not in rooms]
+        return [room for room in brought if self._saved.get(room.room_id) != hash(room)]
 
     def _everything(self) -> list[KeptRoom]:
-        """Every room nio knows the bot to be in or invited to. (nio keeps rooms the bot left
-        in ``client.rooms``, without the bot among their members.)"""
-        own = str(self.client.user_id)
-        rooms = [kept_room(room) for room in self.client.rooms.values()
-                 if own in room.users and own not in room.invited_users]
+        """Every room nio knows the bot to be in or invited to (left rooms are gone from
+        nio's model as the syncs report them)."""
+        rooms = [kept_room(room) for room in self.client.rooms.values()]
         joined = {room.room_id for room in rooms}
         rooms += [kept_room(room, INVITED) for room in self.client.invited_rooms.values()
                   if room.room_id not in joined]

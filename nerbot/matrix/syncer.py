@@ -139,15 +139,19 @@ class SyncLoop:
         since = self.resume_from
         if since is not None:
             sync = await self.client.sync(0, self.filter, since=since)
-            if _refused(sync):
-                logger.warning("The homeserver refused the kept sync position (%s)",
-                               getattr(sync, "message", sync))
-                self.resume_from = None
-                if self.on_resume_refused is not None:
-                    self.on_resume_refused()
-                return  # the loop comes back here, for the full state
-        else:
+        else:  # nio adds its own stored position, if it has one
             sync = await self.client.sync(0, self.filter, full_state=True)
+        if _refused(sync) and (since is not None or self.client.loaded_sync_token):
+            # A homeserver that lost its history (restored from an old backup, or reset)
+            # refuses positions from its own future: ours, and nio's as old. The loop comes
+            # back here for an initial sync, with neither.
+            logger.warning("The homeserver refused the stored sync position (%s); asking for "
+                           "the full state without it", getattr(sync, "message", sync))
+            self.resume_from = None
+            self.client.loaded_sync_token = ""
+            if self.on_resume_refused is not None:
+                self.on_resume_refused()
+            return
         rooms = getattr(sync, "rooms", None)
         if isinstance(sync, nio.SyncResponse) and rooms is not None:
             logger.info("First sync (%s): %d joined rooms, %d invites, %.1f s",
@@ -209,14 +213,12 @@ class SyncLoop:
 
 
 def _refused(response: object) -> bool:
-    """A client error other than rate limiting or a rejected access token: the server will not
-    take this position again. A server error, 429 or 401 is the loop's usual business."""
+    """The homeserver will not take this sync position (Synapse: 400 "Invalid stream token").
+    Anything else (a server error, 401, 403, 429, a proxy's 404) is the loop's usual business
+    and costs no kept position."""
     if not isinstance(response, nio.SyncError):
         return False
-    transport = response.transport_response
-    status = getattr(transport, "status", None)
-    return (isinstance(status, int) and 400 <= status < 500 and status not in (401, 429)
-            and response.status_code not in ("M_LIMIT_EXCEEDED", "M_UNKNOWN_TOKEN"))
+    return getattr(response.transport_response, "status", None) == 400
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

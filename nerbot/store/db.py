@@ -633,22 +633,29 @@ class Store:
     # -- device-list changes not yet checked (nerbot.alert_service) ---------------------------
 
     def note_device_changes(self, user_ids: Iterable[str], now_ms: int) -> None:
+        """Noted, or noted again with the later time (a check that started before it must
+        not cross it off)."""
         rows = [(u, now_ms) for u in user_ids]
         if rows:
             with self.db.atomic():
                 self.db.conn.executemany(
-                    "INSERT OR IGNORE INTO device_changes (user_id, noticed_ms) VALUES (?, ?)",
+                    "INSERT OR REPLACE INTO device_changes (user_id, noticed_ms) VALUES (?, ?)",
                     rows)
 
     def device_changes(self) -> list[str]:
         return [str(u) for (u,) in self.db.execute(
             "SELECT user_id FROM device_changes ORDER BY noticed_ms, user_id")]
 
-    def clear_device_changes(self, user_ids: Iterable[str]) -> None:
-        rows = [(u,) for u in user_ids]
+    def clear_device_changes(self, user_ids: Iterable[str],
+                             noticed_before_ms: int | None = None) -> None:
+        """Cross off changes noticed before ``noticed_before_ms`` (all, without it). Strictly
+        before: one noticed in the same millisecond may be newer than the check."""
+        until = noticed_before_ms if noticed_before_ms is not None else 2**62
+        rows = [(u, until) for u in user_ids]
         if rows:
             with self.db.atomic():
-                self.db.conn.executemany("DELETE FROM device_changes WHERE user_id = ?", rows)
+                self.db.conn.executemany(
+                    "DELETE FROM device_changes WHERE user_id = ? AND noticed_ms < ?", rows)
 
     # -- room index (nerbot.matrix.roomindex) ------------------------------------------------
 

@@ -155,7 +155,8 @@ async def test_a_restart_resumes_syncing_and_every_kept_room_still_works(
     start_bot: Any, make_user: Any, make_peer: Any
 ) -> None:
     """The first sync after a restart resumes from the kept position (no full state): the
-    rooms it does not bring come from the room index, invitees included."""
+    rooms it does not bring come from the room index, invitees included; a room the bot was
+    removed from meanwhile is gone."""
     bot = await start_bot()
     bot_id = bot.config.matrix.user_id
     talker = await make_peer(make_user())
@@ -163,9 +164,12 @@ async def test_a_restart_resumes_syncing_and_every_kept_room_still_works(
     shy = await make_peer(make_user(), auto_join=False)  # has not accepted the bot's DM yet
     assert bot.transport is not None
     shy_room = await bot.transport.send_dm(shy.user_id, "first")
+    kicker = await make_peer(make_user())
+    kick_room = await open_dm(kicker, bot)
     await bot.stop()
     newcomer = await make_peer(make_user())
     new_room = await newcomer.create_encrypted_dm(bot_id)  # invited while the bot is down
+    assert isinstance(await kicker.client.room_kick(kick_room, bot_id), nio.RoomKickResponse)
 
     bot = await start_bot()
     assert bot.room_index is not None and bot.room_index.resumed
@@ -179,6 +183,11 @@ async def test_a_restart_resumes_syncing_and_every_kept_room_still_works(
     assert bodies == ["first", "second"]
     await newcomer.wait_for_join(new_room, bot_id)  # the invite came with the resumed sync
     assert "nerbot" in (await newcomer.wait_for_message(new_room, sender=bot_id)).body
+    # Removed while down: the kept room is no use any more, so the next DM is a new room.
+    assert bot.session is not None and kick_room not in bot.session.client.rooms
+    again = await bot.transport.send_dm(kicker.user_id, "again")
+    assert again != kick_room
+    assert (await kicker.wait_for_message(again, sender=bot_id, timeout=60)).body == "again"
 
 
 async def test_a_kept_position_the_homeserver_refuses_falls_back_to_the_full_state(

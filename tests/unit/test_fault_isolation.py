@@ -159,21 +159,32 @@ async def test_alert_retries_are_bounded() -> None:
     await runner.stop()
 
 
+class TickingClock:
+    """Each reading a millisecond later than the last."""
+
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def now_ms(self) -> int:
+        self.now += 1
+        return self.now
+
+
 async def test_a_change_not_yet_checked_at_a_stop_is_checked_after_the_start() -> None:
     # The next start's sync resumes past the change: only the note can bring it back.
-    store, runner = Store(":memory:"), TaskRunner()
+    store, runner, clock = Store(":memory:"), TaskRunner(), TickingClock()
     for user in (A, B):
         store.remember_devices(user, ["OLD"], 1)
         store.remember_master_key(user, "M", 1)
     keys = Keys(down={B})
-    alerts = AlertService(store, keys, Text(), Outbox(), Clock(), runner, UserId("@bot:hs"),  # type: ignore[arg-type]
+    alerts = AlertService(store, keys, Text(), Outbox(), clock, runner, UserId("@bot:hs"),  # type: ignore[arg-type]
                           debounce_seconds=60)
     alerts.devices_changed([A])
     assert store.device_changes() == [A]  # noted at once, checked after the debounce
     await runner.stop()  # the process stops during the debounce
 
     runner = TaskRunner()
-    alerts = AlertService(store, keys, Text(), Outbox(), Clock(), runner, UserId("@bot:hs"),  # type: ignore[arg-type]
+    alerts = AlertService(store, keys, Text(), Outbox(), clock, runner, UserId("@bot:hs"),  # type: ignore[arg-type]
                           debounce_seconds=0)
     alerts.retry_seconds = 60
     alerts.devices_changed([B])  # B's server does not answer: B stays noted
@@ -181,6 +192,39 @@ async def test_a_change_not_yet_checked_at_a_stop_is_checked_after_the_start() -
     await until(lambda: [m.user_id for m in store.pending_messages()] == [A])
     await until(lambda: store.device_changes() == [B])
     assert keys.asked[0] == [A, B]  # one batch: what was noted and what is new
+    await runner.stop()
+
+
+async def test_a_change_during_a_slow_check_is_not_crossed_off_by_it() -> None:
+    # Batch 1 checks A slowly; A changes again and batch 2 takes A; batch 1 ends first. Until
+    # batch 2 ends, A's second change must stay noted (a crash then must not lose it).
+    store, runner, clock = Store(":memory:"), TaskRunner(), TickingClock()
+    gates = [asyncio.Event(), asyncio.Event()]
+
+    class SlowKeys(Keys):
+        calls = 0
+
+        async def facts(self, user_ids: Iterable[str], fresh: bool = False,
+                        reuse: Collection[str] = ()) -> dict[str, KeyFacts]:
+            gate = gates[self.calls]
+            self.calls += 1
+            await gate.wait()
+            return await super().facts(user_ids, fresh, reuse)
+
+    keys = SlowKeys(down=set())
+    alerts = AlertService(store, keys, Text(), Outbox(), clock, runner, UserId("@bot:hs"),  # type: ignore[arg-type]
+                          debounce_seconds=0)
+    alerts.devices_changed([A])
+    await until(lambda: keys.calls == 1)  # batch 1 waits at its gate
+    alerts.devices_changed([A])  # changed again: batch 2, also at its gate
+    await until(lambda: keys.calls == 2)
+    gates[0].set()
+    await until(lambda: len(keys.asked) == 1)  # batch 1 checked A
+    await asyncio.sleep(0.01)
+    assert store.device_changes() == [A]
+    gates[1].set()
+    await until(lambda: len(keys.asked) == 2)
+    await until(lambda: store.device_changes() == [])
     await runner.stop()
 
 

@@ -17,6 +17,7 @@ from nerbot.matrix.reachability import Recovery
 from nerbot.matrix.roomindex import RoomIndex
 from nerbot.matrix.syncer import SyncLoop
 from nerbot.store import Store
+from nerbot.store.db import SyncPosition
 
 BOT = "@nerbot:example.org"
 ALICE = "@alice:example.org"
@@ -118,6 +119,47 @@ async def test_each_sync_saves_what_changed_and_forgets_the_rooms_left(tmp_path:
     await client.close()
 
 
+async def test_a_room_left_while_down_is_gone_from_nio_too(tmp_path: Path) -> None:
+    # nio 0.26 does not read a sync's "leave" section: a kept room it does not drop would
+    # look usable (the bot among its members) for the whole run.
+    store = Store(tmp_path / "bot.db")
+    client, index, _ = await started(store)
+    await apply(client, index, sync_body("s1", join={
+        DM: joined([member(BOT, "join"), member(ALICE, "join", ALICE), ENCRYPTION])}))
+    await client.close()
+    client, index, _ = await started(store)
+    assert DM in client.rooms
+    await apply(client, index, sync_body("s2", leave={DM: {"state": {"events": []},
+                                                           "timeline": {"events": [
+        member(BOT, "leave", ALICE)], "limited": False, "prev_batch": "p"}}}))
+    assert DM not in client.rooms
+    await client.close()
+
+
+async def test_a_sync_that_changes_no_membership_writes_no_room(tmp_path: Path) -> None:
+    store = Store(tmp_path / "bot.db")
+    client, index, _ = await started(store)
+    await apply(client, index, sync_body("s1", join={
+        GROUP: joined([member(BOT, "join"), member(BOB, "join", BOB)])}))
+    written: list[list[str]] = []
+    real_save = store.save_rooms
+
+    def spy(position: Any, rooms: Any, gone: Any = (), replace_all: bool = False) -> None:
+        rooms = list(rooms)
+        written.append([room.room_id for room in rooms])
+        real_save(position, rooms, gone, replace_all)
+
+    store.save_rooms = spy  # type: ignore[method-assign]
+    message = {"type": "m.room.message", "sender": BOB, "event_id": "$hello",
+               "origin_server_ts": 2, "content": {"msgtype": "m.text", "body": "hi"}}
+    await apply(client, index, sync_body("s2", join={GROUP: joined([], [message])}))
+    await apply(client, index, sync_body("s3", join={
+        GROUP: joined([], [member(ALICE, "invite", BOB)])}))
+    assert written == [[], [GROUP]]
+    assert store.load_rooms()[0] == SyncPosition("BOTDEVICE", "s3")
+    await client.close()
+
+
 async def test_a_full_state_sync_replaces_what_was_kept(tmp_path: Path) -> None:
     store = Store(tmp_path / "bot.db")
     client, index, _ = await started(store)
@@ -201,6 +243,7 @@ class ResumingClient:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str | None, bool | None]] = []
+        self.loaded_sync_token = "s0"  # nio's own, as old as the kept one
         self.callbacks: list[tuple[Any, Any]] = []
         self.outgoing_to_device_messages: list[Any] = []
         self.should_upload_keys = self.should_query_keys = self.should_claim_keys = False
@@ -242,6 +285,21 @@ async def test_a_refused_position_falls_back_to_the_full_state() -> None:
     await client.loop.run()
     assert client.calls == [("s1", None), (None, True), (None, None)]
     assert refused == [1]
+    assert client.loaded_sync_token == ""  # or nio would send its own, refused as well
+
+
+async def test_a_full_state_sync_refused_with_nios_position_starts_over_without_it() -> None:
+    # No kept position (an older version's data), but nio sends its own stored one.
+    client, refused = ResumingClient(), []
+
+    async def probe() -> bool:
+        return True
+
+    client.loop = SyncLoop(client, Recovery(probe),  # type: ignore[arg-type]
+                           on_resume_refused=lambda: refused.append(1))
+    await client.loop.run()
+    assert client.calls == [(None, True), (None, True), (None, None)]
+    assert refused == [1] and client.loaded_sync_token == ""
 
 
 class GoneClient(ResumingClient):
