@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nio
 
 from nerbot.domain.admin_trust import AdminCheck
 from nerbot.ids import RoomId, UserId
@@ -47,3 +51,28 @@ def admins_trusted(*admins: str) -> Callable[[UserId, str | None], Awaitable[Adm
     async def check(user_id: UserId, sender_key: str | None) -> AdminCheck:
         return AdminCheck.TRUSTED if user_id in admins else AdminCheck.NOT_ADMIN
     return check
+
+
+class SyncSurface:
+    """The part of a nio client the sync loop uses, minus ``sync`` (each test's own); the
+    loop under test is in ``loop``, for a ``sync`` that ends it."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[tuple[Any, Any]] = []
+        self.outgoing_to_device_messages: list[Any] = []
+        self.should_upload_keys = self.should_query_keys = self.should_claim_keys = False
+        self.loaded_sync_token = ""
+        self.synced = asyncio.Event()
+        self.loop: Any = None
+
+    def add_response_callback(self, callback: Any, kind: Any) -> None:
+        self.callbacks.append((callback, kind))
+
+    async def upload_filter(self, **_: Any) -> Any:
+        return nio.UploadFilterResponse("F1")
+
+    async def run_response_callbacks(self, responses: list[Any]) -> None:
+        for response in responses:
+            for callback, kind in self.callbacks:
+                if isinstance(response, kind):
+                    await callback(response)

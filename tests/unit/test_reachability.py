@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import nio
 import pytest
+from fakes import SyncSurface
 
 from nerbot.errors import MatrixRequestError
 from nerbot.matrix.reachability import Recovery, backoff_delay, versions_probe
@@ -73,22 +74,12 @@ async def test_a_disk_error_is_no_outage() -> None:
         await versions_probe(request)()
 
 
-class FlakyClient:
+class FlakyClient(SyncSurface):
     """A nio client's sync surface: the second sync fails to connect, the others answer."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.full_state: list[bool | None] = []
-        self.callbacks: list[tuple[Any, Any]] = []
-        self.outgoing_to_device_messages: list[Any] = []
-        self.should_upload_keys = self.should_query_keys = self.should_claim_keys = False
-        self.synced = asyncio.Event()
-        self.loop: SyncLoop | None = None
-
-    def add_response_callback(self, callback: Any, kind: Any) -> None:
-        self.callbacks.append((callback, kind))
-
-    async def upload_filter(self, **_: Any) -> Any:
-        return nio.UploadFilterResponse("F1")
 
     async def sync(self, timeout: int, sync_filter: Any,  # noqa: ASYNC109 (nio's signature)
                    full_state: bool | None = None) -> Any:
@@ -98,12 +89,6 @@ class FlakyClient:
         if len(self.full_state) == 4 and self.loop is not None:
             self.loop.stop()
         return nio.SyncResponse("t", None, None, None, None, None)  # type: ignore[arg-type]
-
-    async def run_response_callbacks(self, responses: list[Any]) -> None:
-        for response in responses:
-            for callback, kind in self.callbacks:
-                if isinstance(response, kind):
-                    await callback(response)
 
 
 async def test_after_an_outage_the_sync_resumes_from_its_token_and_says_so() -> None:
