@@ -79,9 +79,13 @@ class RoomIndex:
             logger.info("Kept rooms belong to device %s, not %s: asking for the full state",
                         position.device_id, device_id)
             return None
-        if any(room.membership == INVITED for room in rooms):
-            logger.info("An invite to the bot was pending at the last stop: asking for the "
-                        "full state, which brings it again")
+        pending = [room.room_id for room in rooms if room.membership == INVITED]
+        if pending:
+            # Usually an invite that came just before a stop. One the bot can never join (its
+            # server gone) makes every start full-state until the inviter withdraws it.
+            logger.warning("%d invite(s) to the bot pending at the last stop (%s): asking for "
+                           "the full state, which brings them again", len(pending),
+                           ", ".join(pending[:5]))
             return None
         own = str(self.client.user_id)
         encrypted_rooms = set(self.client.encrypted_rooms)
