@@ -177,13 +177,15 @@ class NerbotApp:
         verifier.register()
         rooms = self.room_index = RoomIndex(client, store)
         resume_from = rooms.resume()
+        # After the EventRouter's: a sync's position is saved once its device changes were
+        # noted (AlertService), so a crash between the two replays the sync, never skips it.
         rooms.register()
 
-        def refused() -> None:
-            # The initial sync brings each room's latest events however old: as on a start
-            # without a stored position, what came before now is not for the bot.
+        def refused(initial: bool) -> None:
             rooms.refused()
-            events.not_before_ms = max(events.not_before_ms, self.clock.now_ms())
+            if initial:  # each room's latest events however old: as on a start without a
+                # stored position, what came before now is not for the bot
+                events.not_before_ms = max(events.not_before_ms, self.clock.now_ms())
 
         syncer = self.syncer = SyncLoop(client, self.recovery, settle=self.runner.settle,
                                         on_reconnected=self._on_reconnected,

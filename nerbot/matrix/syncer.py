@@ -61,7 +61,7 @@ class SyncLoop:
                  settle: Settle | None = None,
                  on_reconnected: Callable[[], None] | None = None,
                  resume_from: str | None = None,
-                 on_resume_refused: Callable[[], None] | None = None) -> None:
+                 on_resume_refused: Callable[[bool], None] | None = None) -> None:
         self.client = client
         self.resume_from = resume_from
         self.on_resume_refused = on_resume_refused
@@ -142,15 +142,19 @@ class SyncLoop:
         else:  # nio adds its own stored position, if it has one
             sync = await self.client.sync(0, self.filter, full_state=True)
         if _refused(sync) and (since is not None or self.client.loaded_sync_token):
-            # A homeserver that lost its history (restored from an old backup, or reset)
-            # refuses positions from its own future: ours, and nio's as old. The loop comes
-            # back here for an initial sync, with neither.
-            logger.warning("The homeserver refused the stored sync position (%s); asking for "
-                           "the full state without it", getattr(sync, "message", sync))
+            # Ours first: the loop comes back here for the full state from nio's own stored
+            # position. A homeserver that lost its history (restored from an old backup, or
+            # reset) refuses that one too: then an initial sync, with no position at all.
+            logger.warning("The homeserver refused the %s sync position (%s); asking for the "
+                           "full state %s", "kept" if since is not None else "stored",
+                           getattr(sync, "message", sync),
+                           "from nio's" if since is not None else "without one")
+            initial = since is None
             self.resume_from = None
-            self.client.loaded_sync_token = ""
+            if initial:
+                self.client.loaded_sync_token = ""
             if self.on_resume_refused is not None:
-                self.on_resume_refused()
+                self.on_resume_refused(initial)
             return
         rooms = getattr(sync, "rooms", None)
         if isinstance(sync, nio.SyncResponse) and rooms is not None:

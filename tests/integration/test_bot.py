@@ -17,6 +17,7 @@ import signedjson.sign
 import unpaddedbase64
 from botdm import open_dm
 
+from nerbot.localdev.peer import ENCRYPTION_STATE
 from nerbot.store import Store
 from nerbot.store.db import SyncPosition
 
@@ -165,7 +166,14 @@ async def test_a_restart_resumes_syncing_and_every_kept_room_still_works(
     assert bot.transport is not None
     shy_room = await bot.transport.send_dm(shy.user_id, "first")
     kicker = await make_peer(make_user())
-    kick_room = await open_dm(kicker, bot)
+    created = await kicker.client.room_create(  # private_chat: the invited bot is no admin
+        is_direct=True, invite=[bot_id], preset=nio.RoomPreset.private_chat,
+        initial_state=[ENCRYPTION_STATE])
+    assert isinstance(created, nio.RoomCreateResponse)
+    kick_room = str(created.room_id)
+    await kicker.wait_for_join(kick_room, bot_id)
+    await kicker.wait_for_message(kick_room, sender=bot_id)  # the welcome
+    assert bot.store is not None and bot.store.get_dm_room(kicker.user_id) == kick_room
     await bot.stop()
     newcomer = await make_peer(make_user())
     new_room = await newcomer.create_encrypted_dm(bot_id)  # invited while the bot is down

@@ -259,23 +259,23 @@ class ResumingClient(SyncSurface):
         return sync_body("s2")
 
 
-@pytest.mark.parametrize(("kept", "first"), [
-    ("s1", ("s1", None)),  # the kept position, refused
-    (None, (None, True)),  # none kept (an older version's data): nio's own, refused
+@pytest.mark.parametrize(("kept", "first", "nios_after"), [
+    ("s1", ("s1", None), "s0"),  # the kept position, refused: full state from nio's own
+    (None, (None, True), ""),  # none kept (older data), nio's own refused: no position at all
 ])
-async def test_a_refused_position_starts_over_with_the_full_state_and_no_position(
-        kept: str | None, first: tuple[str | None, bool | None]) -> None:
+async def test_a_refused_position_falls_back_to_the_full_state(
+        kept: str | None, first: tuple[str | None, bool | None], nios_after: str) -> None:
     client, refused = ResumingClient(), []
 
     async def probe() -> bool:
         return True
 
     client.loop = SyncLoop(client, Recovery(probe),  # type: ignore[arg-type]
-                           resume_from=kept, on_resume_refused=lambda: refused.append(1))
+                           resume_from=kept, on_resume_refused=refused.append)
     await client.loop.run()
     assert client.calls == [first, (None, True), (None, None)]
-    assert refused == [1]
-    assert client.loaded_sync_token == ""  # or nio would send its own again, refused again
+    assert refused == [kept is None]  # only without any position: the initial sync
+    assert client.loaded_sync_token == nios_after
 
 
 class GoneClient(ResumingClient):
@@ -298,7 +298,7 @@ async def test_an_unreachable_homeserver_does_not_cost_the_kept_position() -> No
         return True
 
     client.loop = SyncLoop(client, Recovery(probe),  # type: ignore[arg-type]
-                           resume_from="s1", on_resume_refused=lambda: refused.append(1))
+                           resume_from="s1", on_resume_refused=refused.append)
     await client.loop.run()
     assert client.calls == [("s1", None), ("s1", None)]
     assert refused == []
