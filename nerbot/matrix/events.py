@@ -46,8 +46,9 @@ class EventRouter:
         not_before_ms: int,
         on_devices_changed: Callable[[list[str], bool], None] | None = None,
     ) -> None:
-        """``on_devices_changed(users, first)``: ``first`` for the process's first sync, where
-        Synapse (the sync is full-state) lists everyone the bot shares a room with."""
+        """``on_devices_changed(users, first)``: ``first`` for the process's first sync; when
+        that sync is full-state (no kept position), Synapse lists everyone the bot shares a
+        room with, changed or not."""
         self.client = client
         self.store = store
         self.runner = runner

@@ -618,10 +618,7 @@ class Store:
                 unusable.append(user_id)
                 continue
             kept.append((str(user_id), Fetched(int(fetched_ms), last_seen_ms), facts))
-        if unusable:
-            with self.db.atomic():
-                self.db.conn.executemany("DELETE FROM admin_facts WHERE user_id = ?",
-                                         [(u,) for u in unusable])
+        self.forget_admin_facts(unusable)
         return kept
 
     def forget_admin_facts(self, user_ids: Iterable[str]) -> None:
