@@ -55,7 +55,8 @@ outside only: its log lines, its database (read-only), ``/proc/<pid>``, and the 
    changed. Includes the bot's ``alerts.debounce_seconds`` (5, its default).
 5. Memory and disk: the bot's peak RSS (``VmHWM``) in the campaign process and in the restarted
    one, the settled ``VmRSS`` once the restarted bot is idle (10,000 people known, ~6,000 DMs),
-   and its database size. Above the target, where the memory goes: the largest mappings
+   and its database size. Above the target, where the memory goes: the RSS of a fresh
+   interpreter that only imports the bot (the floor under any data), the largest mappings
    (``/proc/<pid>/smaps``) and, unless ``--no-tracemalloc``, one more restart under
    ``tracemalloc`` (several minutes with 6,000 DMs) with the Python allocations by package.
 
@@ -778,6 +779,24 @@ def smaps_top(pid: int, count: int = 8) -> list[str]:
     return [f"{name} {mb(kib):.1f} MB" for name, kib in top]
 
 
+IMPORT_FLOOR_PROBE = ("import nerbot.app, re; print(re.search(r'VmRSS:\\s+(\\d+)', "
+                      "open('/proc/self/status').read()).group(1))")
+
+
+def import_floor_rss(env: dict[str, str]) -> float | None:
+    """RSS (MB) of a fresh interpreter that only imports the bot's code and its libraries.
+
+    What any bot process holds before it knows a single person (nio, aiohttp,
+    simplematrixbotlib, sqlite-utils, APScheduler, emoji, prometheus-client and nerbot):
+    the settled RSS above it is the data. None if the probe fails."""
+    try:
+        done = subprocess.run([sys.executable, "-c", IMPORT_FLOOR_PROBE], capture_output=True,
+                              text=True, timeout=120, check=True, env=env)
+        return mb(int(done.stdout.strip()))
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
 def trimmed_rss(pid: int) -> float | None:
     """What-if: the bot's RSS (MB) after glibc's ``malloc_trim(0)``, called in it through gdb.
 
@@ -1267,6 +1286,12 @@ class Bench:
         report.row("database size", f"{db_size / 1e6:.1f} MB",
                    f"data dir {dir_size(campaign.data_dir) / 1e6:.0f} MB")
         if settled > target and bot.pid is not None:
+            floor = await asyncio.to_thread(import_floor_rss, bot.env)
+            if floor is not None:
+                report.line(f"    the imported code alone (a fresh `import nerbot.app`): "
+                            f"{floor:.0f} MB; the data above it: {settled - floor:.0f} MB")
+                report.row("settled RSS: imports / data", f"{floor:.0f} MB / "
+                           f"{settled - floor:.0f} MB")
             report.line("    largest mappings: " + "; ".join(smaps_top(bot.pid)))
             trimmed = await asyncio.to_thread(trimmed_rss, bot.pid)
             if trimmed is not None:  # last: it changes the process it measures
