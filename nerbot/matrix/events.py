@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import nio
 
 from nerbot.ids import EventId, RoomId, UserId, server_of
+from nerbot.matrix.transport import is_private_dm
 from nerbot.matrix.undecryptable import UndecryptableHold
 from nerbot.ports import Clock
 from nerbot.runner import TaskRunner
@@ -104,11 +105,14 @@ class EventRouter:
     def user_id(self) -> str:
         return str(self.client.user_id)
 
-    def is_dm(self, room: nio.MatrixRoom) -> bool:
-        """A DM is a room recorded as one person's DM with the bot (opened by the bot, or an
-        ``is_direct`` invite). A room that merely has two members is not: a third may join at
-        any time, and answers about someone's sessions must not be posted there."""
-        return self.store.user_for_dm_room(RoomId(room.room_id)) is not None
+    def is_dm(self, room: nio.MatrixRoom, sender: str) -> bool:
+        """Whether ``sender`` wrote in their own DM with the bot: a room recorded as their DM
+        (opened by the bot, or their ``is_direct`` invite) with nobody else in it. A room that
+        merely has two members is not (a third may join at any time), nor a recorded DM that
+        someone else joined or was invited to, nor anyone's DM but the sender's: answers
+        about someone's sessions are posted only where nobody else reads."""
+        return self.store.user_for_dm_room(RoomId(room.room_id)) == sender and \
+            is_private_dm(room, self.user_id, sender)
 
     # -- invites ----------------------------------------------------------------------------
 
@@ -180,7 +184,7 @@ class EventRouter:
         if not self.store.claim_event(event.event_id, self.clock.now_ms()):
             return  # already answered before a restart
         room = self.client.rooms.get(room_id)
-        is_dm = self.is_dm(room) if room is not None else False
+        is_dm = self.is_dm(room, event.sender) if room is not None else False
         sender_key = self._sending_session(room_id, event)
         self.runner.spawn_serial(
             room_id,

@@ -111,11 +111,8 @@ class MatrixTransport:
         return room_id
 
     def dm_is_usable(self, room_id: RoomId, user_id: UserId) -> bool:
-        """The stored DM still has the bot in it and the user joined or invited."""
-        room = self.client.rooms.get(room_id)
-        if room is None:
-            return False
-        return user_id in room.users or user_id in room.invited_users
+        """The stored DM still has the bot in it, the user joined or invited, and nobody else."""
+        return is_private_dm(self.client.rooms.get(room_id), str(self.client.user_id), user_id)
 
     async def ensure_dm(self, user_id: UserId) -> RoomId:
         """Reuse the user's DM with the bot, or open a new encrypted one."""
@@ -142,6 +139,17 @@ class MatrixTransport:
     async def close(self) -> None:
         """Write what ``m.direct`` still lacks before the HTTP session closes."""
         await self.direct.close()
+
+
+def is_private_dm(room: nio.MatrixRoom | None, bot: str, owner: str) -> bool:
+    """Whether only ``owner`` (joined or invited) and the bot are in the room: the one place
+    the owner's sessions, findings, emoji and guide steps may be posted. A recorded DM that
+    someone else joined or was invited to is a group room from then on (an invitee may join
+    and read on); a new DM is opened for the owner."""
+    if room is None:
+        return False
+    members = set(room.users) | set(room.invited_users)
+    return owner in members and members <= {bot, owner}
 
 
 DIRECT_BATCH_SECONDS = 1.0

@@ -41,6 +41,7 @@ from nerbot.ids import RoomId, UserId
 from nerbot.matrix.crosssigning import CrossSigningKeys, device_keys_of, verify_signed_json
 from nerbot.matrix.http import MatrixHttp
 from nerbot.matrix.sas import SasExchange
+from nerbot.matrix.transport import is_private_dm
 from nerbot.metrics import BotMetrics, verification_outcome
 from nerbot.ports import Clock
 from nerbot.runner import TaskRunner
@@ -320,7 +321,7 @@ class VerificationService:
             return self.ui
         room_id = self.store.get_dm_room(UserId(user_id))
         room = self.client.rooms.get(room_id) if room_id is not None else None
-        if room is not None and (user_id in room.users or user_id in room.invited_users):
+        if is_private_dm(room, str(self.client.user_id), user_id):
             return self.ui
         logger.debug("No DM with %s: the verification goes on without messages", user_id)
         return None

@@ -12,7 +12,7 @@ import pytest
 from nerbot.errors import MatrixRequestError
 from nerbot.ids import RoomId, UserId
 from nerbot.matrix.events import EventRouter
-from nerbot.matrix.transport import DirectRooms
+from nerbot.matrix.transport import DirectRooms, is_private_dm
 from nerbot.store import Store
 
 
@@ -118,10 +118,34 @@ async def test_device_changes_say_whether_they_come_with_the_first_sync() -> Non
 def test_a_room_with_two_members_is_a_dm_only_when_recorded_as_one() -> None:
     store = Store(":memory:")
     events = router(store, {})
-    group = SimpleNamespace(room_id="!pair:hs", member_count=2)
-    assert not events.is_dm(group)  # type: ignore[arg-type]
+    pair = SimpleNamespace(room_id="!pair:hs", users={"@bot:hs": 1, "@x:hs": 1},
+                           invited_users={}, member_count=2)
+    assert not events.is_dm(pair, "@x:hs")  # type: ignore[arg-type]
     store.set_dm_room(UserId("@x:hs"), RoomId("!pair:hs"), 0)
-    assert events.is_dm(group)  # type: ignore[arg-type]
+    assert events.is_dm(pair, "@x:hs")  # type: ignore[arg-type]
+
+
+def test_a_recorded_dm_is_private_only_to_its_owner_and_only_while_nobody_else_is_in_it(
+) -> None:
+    """Someone else's details never go to a room a third person can read: an owner's DM
+    that gained a member (joined or invited) is a group room, and so is someone else's DM
+    for the sender (an ``is_direct`` invite into a big room records it as the inviter's)."""
+    store = Store(":memory:")
+    events = router(store, {})
+    store.set_dm_room(UserId("@x:hs"), RoomId("!dm:hs"), 0)
+    joined = SimpleNamespace(room_id="!dm:hs", users={"@bot:hs": 1, "@x:hs": 1, "@y:hs": 1},
+                             invited_users={}, member_count=3)
+    assert not events.is_dm(joined, "@y:hs")  # type: ignore[arg-type]
+    assert not events.is_dm(joined, "@x:hs")  # type: ignore[arg-type]
+    invited = SimpleNamespace(room_id="!dm:hs", users={"@bot:hs": 1, "@x:hs": 1, "@y:hs": 1},
+                              invited_users={"@y:hs": 1}, member_count=2)
+    assert not events.is_dm(invited, "@x:hs")  # type: ignore[arg-type]
+    only_owner_invited = SimpleNamespace(room_id="!dm:hs", users={"@bot:hs": 1, "@x:hs": 1},
+                                         invited_users={"@x:hs": 1}, member_count=1)
+    assert events.is_dm(only_owner_invited, "@x:hs")  # type: ignore[arg-type]
+    owner_left = SimpleNamespace(room_id="!dm:hs", users={"@bot:hs": 1}, invited_users={},
+                                 member_count=1)
+    assert not is_private_dm(owner_left, "@bot:hs", "@x:hs")  # type: ignore[arg-type]
 
 
 class AdminHttp:
