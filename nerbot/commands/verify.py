@@ -24,6 +24,7 @@ class Verifier(Protocol):
     async def request_in_room(self, user_id: UserId, room_id: RoomId, body: str) -> str: ...
     async def request_to_device(self, user_id: UserId, device_id: str) -> str: ...
     async def cancel_for(self, user_id: UserId) -> bool: ...
+    def is_allowed(self, user_id: str) -> bool: ...
 
 
 class VerificationConversation:
@@ -84,6 +85,9 @@ def verify_commands(verifier: Verifier, ensure_dm: Callable[[UserId], Awaitable[
         if ctx.args and ctx.args[0].lower() in ("cancel", "取消", "stop"):
             if not await verifier.cancel_for(ctx.sender):
                 await ctx.reply("verify.none_active")
+            return
+        if not verifier.is_allowed(ctx.sender):  # before any DM is opened for them
+            await ctx.reply("verify.not_allowed")
             return
         try:
             if ctx.args:

@@ -46,3 +46,38 @@ def test_sas_table_has_64_entries_with_spec_names() -> None:
     assert {"Spanner", "Thumbs Up", "Aeroplane"} <= names
     assert by_number[34].emoji == "🔧" and by_number[34].names["zh"] == "扳手"
     assert all(e.names["zh"] for e in table)
+
+
+def refusal_reasons() -> set[str]:
+    """Every reason a verification can be refused with, read from the code that refuses:
+    ``VerificationRefused("…")`` and the strings the ``refusal`` functions return."""
+    import ast
+    from pathlib import Path
+
+    import nerbot
+
+    reasons: set[str] = set()
+    root = Path(nerbot.__file__).parent
+    for source in (root / "matrix" / "verification.py", root / "domain" / "verification.py"):
+        tree = ast.parse(source.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == \
+                    "VerificationRefused" and isinstance(node.args[0], ast.Constant):
+                reasons.add(node.args[0].value)
+            if isinstance(node, ast.FunctionDef) and node.name in ("refusal", "_refusal"):
+                reasons.update(ret.value.value for ret in ast.walk(node)
+                               if isinstance(ret, ast.Return)
+                               and isinstance(ret.value, ast.Constant)
+                               and isinstance(ret.value.value, str))
+    return reasons
+
+
+def test_every_verification_refusal_has_words_in_both_languages() -> None:
+    """``!verify`` answers a refusal with ``verify.<reason>``: a reason without words was a
+    "something went wrong" (``not_allowed`` was)."""
+    reasons = refusal_reasons()
+    assert {"unknown_device", "busy", "not_allowed", "rate", "cooldown"} <= reasons
+    catalog = Catalog.load()
+    for lang in ("zh", "en"):
+        for reason in sorted(reasons):
+            assert catalog.t(lang, f"verify.{reason}", device_id="`X`")

@@ -216,6 +216,25 @@ class Refusing:
     async def cancel_for(self, user_id: UserId) -> bool:
         return False
 
+    def is_allowed(self, user_id: str) -> bool:
+        return user_id != OUTSIDER
+
+
+OUTSIDER = UserId("@eve:elsewhere.example")
+
+
+@pytest.mark.parametrize("is_dm", [True, False])
+@pytest.mark.parametrize("command", ["!verify", "!verify ABCDEF"])
+async def test_verify_from_a_server_the_bot_does_not_serve_is_refused_in_words(
+        command: str, is_dm: bool) -> None:
+    """A person whose server is not allowed gets a localized refusal where they asked (no
+    "something went wrong"), and no DM is opened for them."""
+    router, messenger, registry = make_router(Store(":memory:"))
+    registry.extend(verify_commands(Refusing(), no_dm))
+    await router.handle(IncomingText(OUTSIDER, ROOM, EventId("$v"), command, is_dm))
+    (room, text), = messenger.sent
+    assert room == ROOM and text == Catalog.load().t("zh", "verify.not_allowed")
+
 
 def no_decision(user_id: UserId, report: UserReport) -> ReminderDecision:
     raise AssertionError("not used")
