@@ -22,6 +22,7 @@ from nerbot.datadir import prepare_data_dir, restrict_umask
 from nerbot.domain.admin_trust import AdminCheck, check_admin_session
 from nerbot.domain.assessment import AssessmentPolicy
 from nerbot.domain.community import CommunityReport, day_of
+from nerbot.domain.reminders import held_kinds
 from nerbot.domain.verification import VerificationLimits
 from nerbot.errors import ConfigError, FactsUnavailable
 from nerbot.guides import load_library
@@ -311,9 +312,10 @@ class NerbotApp:
         config = self.config
         assert self.hygiene is not None and self.directory is not None
         text = self.text = MessageText(self.catalog, store, config.reminders.policy.zone)
-        outbox = self.outbox = OutboxSender(store, transport, self.clock.now_ms,
-                                            config.reminders.max_sends_per_minute,
-                                            metrics=self.metrics)
+        policy = config.reminders.policy
+        outbox = self.outbox = OutboxSender(
+            store, transport, self.clock.now_ms, config.reminders.max_sends_per_minute,
+            metrics=self.metrics, held_kinds=lambda: held_kinds(self.clock.now_ms(), policy))
         directory = self.directory
         alerts = self.alerts = AlertService(
             store, directory, text, outbox, self.clock, self.runner, config.matrix.user_id,

@@ -70,8 +70,12 @@ class OutboxSender:
     """Sends pending outbox messages; one delivery run at a time."""
 
     def __init__(self, store: Store, transport: DmTransport, now_ms: Callable[[], int],
-                 per_minute: int, metrics: BotMetrics | None = None) -> None:
+                 per_minute: int, metrics: BotMetrics | None = None,
+                 held_kinds: Callable[[], frozenset[str]] = frozenset) -> None:
         self.store = store
+        # Kinds that must wait now (reminders in quiet hours): they stay pending, untried, and
+        # go out at a later run; messages of other kinds queued behind them are not held up.
+        self.held_kinds = held_kinds
         self.metrics = metrics
         self.transport = transport
         self.now_ms = now_ms
@@ -86,8 +90,9 @@ class OutboxSender:
         started = loop.time()
         async with self._lock:
             tried: set[str] = set()
+            held = self.held_kinds()
             while True:
-                batch = [m for m in self.store.pending_messages(limit=500)
+                batch = [m for m in self.store.pending_messages(limit=500, skip_kinds=held)
                          if m.key not in tried]
                 if not batch:
                     break
@@ -112,6 +117,7 @@ class OutboxSender:
 
     async def _send(self, message: OutboxMessage) -> bool:
         room = message.room_id
+        pinned = False
         try:
             if message.kind in ROOM_KINDS:  # addressed to a room, not to the person's DM
                 if room is None:
@@ -119,6 +125,7 @@ class OutboxSender:
             elif room is None or not self.transport.dm_is_usable(room, message.user_id):
                 room = await self.transport.ensure_dm(message.user_id)  # re-created if left
             self.store.message_attempt(message.key, room)
+            pinned = True
             await asyncio.sleep(self.pacer.delay())
             event_id = await self.transport.send_notice(room, message.body,
                                                         txn_id=message.txn_id)
@@ -126,6 +133,8 @@ class OutboxSender:
             logger.warning("Outbox: %s to %s failed (attempt %d): %s", message.kind,
                            message.user_id, message.attempts + 1, exc,
                            exc_info=not isinstance(exc, NerbotError | OSError | TimeoutError))
+            if not pinned:  # no room to send to (a DM that could not be opened) is a try too
+                self.store.message_attempt(message.key, None)
             # An unreachable homeserver says nothing about the message: never give up on it.
             if message.attempts + 1 >= MAX_ATTEMPTS and not isinstance(exc, UNREACHABLE_ERRORS):
                 self.store.message_failed(message.key)

@@ -57,6 +57,10 @@ class DecisionKind(enum.Enum):
     ALL_GOOD = "all_good"  # send the one short "all fixed" note
 
 
+# The outbox kinds of this policy's messages (a decision's kind value).
+REMINDER_KINDS = frozenset({DecisionKind.REMIND.value, DecisionKind.ALL_GOOD.value})
+
+
 @dataclass(frozen=True, slots=True)
 class ReminderSettings:
     """The operator's policy. Quiet hours are local minutes of the day, ``[start, end)``; they
@@ -205,6 +209,12 @@ def quiet_hours_end_ms(now_ms: int, settings: ReminderSettings) -> int:
     )
     return next((c for c in candidates if c > now_ms and not in_quiet_hours(c, settings)),
                 candidates[-1])  # unreachable: two DST gaps on consecutive days
+
+
+def held_kinds(now_ms: int, settings: ReminderSettings) -> frozenset[str]:
+    """Outbox kinds that must not be sent now: reminders in quiet hours (a backlog queued in
+    the evening waits for the morning instead of going out at night)."""
+    return REMINDER_KINDS if in_quiet_hours(now_ms, settings) else frozenset()
 
 
 def next_local_day_ms(ms: int, settings: ReminderSettings) -> int:

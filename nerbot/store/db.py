@@ -27,7 +27,7 @@ from nerbot.domain.community import (
 from nerbot.domain.facts import AdminFacts, BackupFacts, BackupState
 from nerbot.domain.freshness import Fetched
 from nerbot.domain.guide import GuideProgress
-from nerbot.domain.reminders import ReminderHistory
+from nerbot.domain.reminders import REMINDER_KINDS, ReminderHistory
 from nerbot.ids import RoomId, UserId
 from nerbot.store.migrations import MIGRATION_SET, build_migrations
 
@@ -39,7 +39,9 @@ DAY_MS = 24 * 3600 * 1000
 # no record of anything, only a guard against answering twice.
 HANDLED_EVENTS_KEEP_MS = 7 * DAY_MS
 # The outbox statuses that are final; a row in any other ("pending") is never pruned.
-FINAL_STATUSES = ("sent", "failed")
+FINAL_STATUSES = ("sent", "failed", "withdrawn")
+# Outbox kinds a person's own choices withdraw while still pending (never sent after them).
+ALERT_KINDS = frozenset({"alert"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,8 +333,18 @@ class Store:
     def set_reminder_choice(self, user_id: UserId, now_ms: int, *,
                             opted_out: bool | None = None,
                             snoozed_until_ms: int | Literal["keep"] | None = "keep",
-                            alerts_off: bool | None = None) -> None:
-        """The user's own choices (``!remind``, ``!alerts``); kept until they change them."""
+                            alerts_off: bool | None = None) -> int:
+        """The user's own choices (``!remind``, ``!alerts``); kept until they change them.
+
+        What a choice forbids and is still pending goes with it, in the same commit: turning
+        reminders off or snoozing them withdraws pending reminders, turning alerts off
+        pending alerts (a backlog can take hours to send). Returns how many were withdrawn.
+        """
+        withdraw: set[str] = set()
+        if opted_out or snoozed_until_ms not in ("keep", None):
+            withdraw |= REMINDER_KINDS
+        if alerts_off:
+            withdraw |= ALERT_KINDS
         row = self._reminder_row(user_id)
         if opted_out is not None:
             row["opted_out"] = int(opted_out)
@@ -341,8 +353,15 @@ class Store:
         if alerts_off is not None:
             row["alerts_off"] = int(alerts_off)
         row["updated_ms"] = now_ms
+        kinds = sorted(withdraw)
         with self.db.atomic():
             self._save_reminder_row(row)
+            if not kinds:
+                return 0
+            cursor = self.db.execute(
+                "UPDATE outbox SET status = 'withdrawn' WHERE user_id = ? AND status = 'pending'"
+                f" AND kind IN ({', '.join('?' for _ in kinds)})", [user_id, *kinds])
+            return int(cursor.rowcount)
 
     def alerts_off(self, user_id: UserId) -> bool:
         return bool(self._reminder_row(user_id)["alerts_off"])
@@ -380,8 +399,12 @@ class Store:
             attempts=int(row["attempts"] or 0), created_ms=int(row["created_ms"]),
             sent_ms=row["sent_ms"], event_id=row["event_id"])
 
-    def pending_messages(self, limit: int = 1000) -> list[OutboxMessage]:
-        rows = self._table("outbox").rows_where("status = 'pending'", order_by="created_ms",
+    def pending_messages(self, limit: int = 1000,
+                         skip_kinds: frozenset[str] = frozenset()) -> list[OutboxMessage]:
+        kinds = sorted(skip_kinds)
+        where = "status = 'pending'" + (
+            f" AND kind NOT IN ({', '.join('?' for _ in kinds)})" if kinds else "")
+        rows = self._table("outbox").rows_where(where, kinds, order_by="created_ms",
                                                 limit=limit)
         return [self._outbox(r) for r in rows]
 
@@ -395,8 +418,9 @@ class Store:
         return [self._outbox(r) for r in self._table("outbox").rows_where(
             where, args, order_by="created_ms")]
 
-    def message_attempt(self, key: str, room_id: RoomId) -> None:
-        """Pin the room before the send, so a resend after a crash goes to the same room."""
+    def message_attempt(self, key: str, room_id: RoomId | None) -> None:
+        """Pin the room before the send, so a resend after a crash goes to the same room
+        (None: a try that found no room to send to)."""
         with self.db.atomic():
             self.db.execute("UPDATE outbox SET room_id = ?, attempts = attempts + 1 "
                             "WHERE key = ?", [room_id, key])

@@ -41,6 +41,8 @@ def filled_store() -> Store:
     store.verification_started("new", ALICE, "D", "incoming", "to_device", days_ago(10))
     store.record_alert(ALICE, "new_sessions", ["D1"], days_ago(181))
     store.record_alert(ALICE, "new_sessions", ["D2"], days_ago(179))
+    # (opted out before the messages were queued: turning off withdraws pending ones)
+    store.set_reminder_choice(ALICE, days_ago(900), opted_out=True)
     for key, age in (("sent-old", 200), ("failed-old", 300), ("pending-old", 400),
                      ("sent-new", 1)):
         store.enqueue(message(key, days_ago(age)),
@@ -51,7 +53,6 @@ def filled_store() -> Store:
     store.message_sent("sent-new", "$b", days_ago(1))
     store.remember_devices(ALICE, ["D1"], days_ago(900))
     store.remember_master_key(ALICE, "M", days_ago(900))
-    store.set_reminder_choice(ALICE, days_ago(900), opted_out=True)
     store.claim_event("$answered-8-days-ago", days_ago(8))
     store.claim_event("$answered-6-days-ago", days_ago(6))
     # walkthroughs: one ended long ago, one ended lately, and Bob's, started long ago, active

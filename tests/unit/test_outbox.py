@@ -1,0 +1,126 @@
+"""The outbox's promises about when a recorded message is *not* sent (or stops being tried)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from nerbot.domain.reminders import REMINDER_KINDS, ReminderSettings, held_kinds
+from nerbot.ids import RoomId, UserId
+from nerbot.matrix.transport import SendFailed
+from nerbot.outbox import MAX_ATTEMPTS, OutboxSender
+from nerbot.store import OutboxMessage, Store
+
+ALICE = UserId("@alice:hs")
+BOB = UserId("@bob:hs")
+
+
+class Transport:
+    """Opens DMs for everyone but ``no_dm_for``; records what was sent where."""
+
+    def __init__(self, no_dm_for: frozenset[str] = frozenset(),
+                 unreachable: bool = False) -> None:
+        self.no_dm_for = no_dm_for
+        self.unreachable = unreachable
+        self.opened: list[str] = []
+        self.sent: list[tuple[str, str]] = []
+
+    def dm_is_usable(self, room_id: RoomId, user_id: UserId) -> bool:
+        return True
+
+    async def ensure_dm(self, user_id: UserId) -> RoomId:
+        self.opened.append(user_id)
+        if self.unreachable:
+            raise ConnectionRefusedError("connection refused")
+        if user_id in self.no_dm_for:
+            raise SendFailed(f"could not open a DM with {user_id}")
+        return RoomId(f"!dm-{user_id}")
+
+    async def send_notice(self, room_id: RoomId, markdown_text: str,
+                          txn_id: str | None = None) -> str | None:
+        self.sent.append((room_id, markdown_text))
+        return "$sent"
+
+
+def queue(store: Store, user: str, kind: str, at: int = 1) -> str:
+    key = f"{user}-{kind}-{at}"
+    store.enqueue(OutboxMessage(key=key, user_id=UserId(user), kind=kind, txn_id=f"txn-{key}",
+                                body=f"{kind} for {user}", room_id=None, status="pending",
+                                attempts=0, created_ms=at))
+    return key
+
+
+def status(store: Store) -> dict[str, tuple[str, int]]:
+    return {m.key: (m.status, m.attempts) for m in store.outbox()}
+
+
+async def test_a_dm_that_cannot_be_opened_is_a_failed_try_and_is_given_up_in_the_end() -> None:
+    """It used to stay pending with 0 tries: a new room was asked for every 5 minutes, forever."""
+    store = Store(":memory:")
+    key = queue(store, str(BOB), "remind")
+    transport = Transport(no_dm_for=frozenset({BOB}))
+    sender = OutboxSender(store, transport, lambda: 5, per_minute=6000)
+    for attempt in range(1, MAX_ATTEMPTS):
+        await sender.deliver()
+        assert status(store)[key] == ("pending", attempt)
+    await sender.deliver()
+    assert status(store)[key] == ("failed", MAX_ATTEMPTS)
+    await sender.deliver()
+    assert len(transport.opened) == MAX_ATTEMPTS and transport.sent == []
+
+
+async def test_an_unreachable_homeserver_never_makes_a_message_given_up() -> None:
+    store = Store(":memory:")
+    key = queue(store, str(BOB), "remind")
+    sender = OutboxSender(store, Transport(unreachable=True), lambda: 5, per_minute=6000)
+    for _ in range(MAX_ATTEMPTS + 2):
+        await sender.deliver()
+    assert status(store)[key] == ("pending", MAX_ATTEMPTS + 2)
+
+
+async def test_held_kinds_stay_pending_and_do_not_hold_up_the_messages_behind_them() -> None:
+    store = Store(":memory:")
+    reminders = [queue(store, f"@p{i}:hs", "remind", at=i) for i in range(600)]
+    alert = queue(store, str(ALICE), "alert", at=1_000)  # behind more than a batch of 500
+    transport = Transport()
+    held = {"now": REMINDER_KINDS}
+    sender = OutboxSender(store, transport, lambda: 5, per_minute=60_000,
+                          held_kinds=lambda: held["now"])
+    stats = await sender.deliver()
+    assert (stats.sent, stats.failed) == (1, 0) and transport.sent == [
+        (f"!dm-{ALICE}", f"alert for {ALICE}")]
+    assert {status(store)[k] for k in reminders} == {("pending", 0)}
+    held["now"] = frozenset()  # the morning
+    stats = await sender.deliver()
+    assert stats.sent == 600 and status(store)[alert] == ("sent", 1)
+
+
+def test_reminders_are_held_exactly_in_quiet_hours() -> None:
+    settings = ReminderSettings(timezone="Asia/Shanghai")  # quiet 22:00-09:00
+    zone = ZoneInfo("Asia/Shanghai")
+
+    def at(hour: int, minute: int = 0) -> int:
+        return int(datetime(2026, 12, 7, hour, minute, tzinfo=zone).timestamp() * 1000)
+
+    assert held_kinds(at(21, 59), settings) == frozenset()
+    assert held_kinds(at(22), settings) == REMINDER_KINDS
+    assert held_kinds(at(3), settings) == REMINDER_KINDS
+    assert held_kinds(at(9), settings) == frozenset()
+    assert "alert" not in REMINDER_KINDS
+
+
+def test_a_persons_choices_withdraw_what_they_forbid_and_nothing_else() -> None:
+    store = Store(":memory:")
+    remind, all_good = queue(store, str(ALICE), "remind"), queue(store, str(ALICE), "all_good")
+    alert, bobs = queue(store, str(ALICE), "alert"), queue(store, str(BOB), "remind")
+    assert store.set_reminder_choice(ALICE, 10, alerts_off=False) == 0
+    assert store.set_reminder_choice(ALICE, 10, opted_out=True) == 2
+    assert status(store) == {remind: ("withdrawn", 0), all_good: ("withdrawn", 0),
+                             alert: ("pending", 0), bobs: ("pending", 0)}
+    assert store.set_reminder_choice(ALICE, 11, alerts_off=True) == 1
+    assert status(store)[alert] == ("withdrawn", 0)
+    assert store.set_reminder_choice(BOB, 12, snoozed_until_ms=99) == 1
+    assert [m.key for m in store.pending_messages()] == []
+    # withdrawn is final: pruned like sent and failed once old
+    store.prune(10 ** 13, keep_days=1)
+    assert store.outbox() == []
