@@ -194,6 +194,9 @@ class NerbotApp:
         self.runner.spawn(syncer.run(), name="sync")
         self.runner.every(UNDECRYPTABLE_RETRY_SECONDS, events.hold.retry, name="undecryptable")
         await asyncio.wait_for(syncer.first_sync.wait(), first_sync_timeout)
+        for kept in rooms.pending_invites:
+            assert kept.inviter is not None
+            events.decide_kept_invite(kept.room_id, kept.inviter, kept.is_direct)
         if self.alerts is not None:
             self.alerts.resume()  # changes the last run noted and did not get to check
         if config.metrics.listen:

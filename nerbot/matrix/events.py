@@ -60,6 +60,7 @@ class EventRouter:
         self.not_before_ms = not_before_ms
         self.on_devices_changed = on_devices_changed
         self._invites_in_flight: set[str] = set()
+        self._invites_seen: set[str] = set()  # rooms whose invite a sync of this run brought
         self._room_mates: frozenset[str] | None = None
         self._synced = False
         self.hold = UndecryptableHold(
@@ -119,14 +120,23 @@ class EventRouter:
     async def _on_invite(self, room: nio.MatrixRoom, event: nio.InviteMemberEvent) -> None:
         if event.state_key != self.user_id or event.membership != "invite":
             return
-        if room.room_id in self._invites_in_flight:
+        self._invites_seen.add(room.room_id)
+        self._decide_soon(room.room_id, event.sender, bool(event.content.get("is_direct")))
+
+    def decide_kept_invite(self, room_id: str, inviter: str, is_direct: bool) -> None:
+        """An invite pending at the last stop (``RoomIndex.pending_invites``), after the
+        first sync: no sync brings it again. Nothing if this run's syncs brought it or the
+        bot is in the room by now."""
+        if room_id in self._invites_seen or room_id in self.client.rooms:
             return
-        self._invites_in_flight.add(room.room_id)
-        is_direct = bool(event.content.get("is_direct"))
-        self.runner.spawn(
-            self._decide_invite(RoomId(room.room_id), UserId(event.sender), is_direct),
-            name=f"invite {room.room_id}",
-        )
+        self._decide_soon(room_id, inviter, is_direct)
+
+    def _decide_soon(self, room_id: str, inviter: str, is_direct: bool) -> None:
+        if room_id in self._invites_in_flight:
+            return
+        self._invites_in_flight.add(room_id)
+        self.runner.spawn(self._decide_invite(RoomId(room_id), UserId(inviter), is_direct),
+                          name=f"invite {room_id}")
 
     async def _decide_invite(self, room_id: RoomId, inviter: UserId, is_direct: bool) -> None:
         try:

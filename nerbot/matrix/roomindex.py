@@ -19,8 +19,10 @@ read a sync's ``leave`` section; rooms the bot left or was removed from are take
 for the whole run).
 
 A full-state sync is still used when no usable position is kept: on the first start, for
-another device, when an invite to the bot was pending (a resumed sync would not bring it
-again, and the bot must still decide it), or when the homeserver refuses the position.
+another device, or when the homeserver refuses the position. An invite to the bot still
+pending at a stop (not decided yet, or its join failed) is kept with its inviter and whether
+it asked for a DM: no later sync brings it again, so the start decides it again
+(``pending_invites``), whichever way the first sync went.
 """
 
 from __future__ import annotations
@@ -38,10 +40,24 @@ JOINED = "join"
 INVITED = "invite"
 
 
-def kept_room(room: nio.MatrixRoom, membership: str = JOINED) -> KeptRoom:
+def kept_room(room: nio.MatrixRoom, membership: str = JOINED,
+              is_direct: bool = False) -> KeptRoom:
     members = tuple(sorted((str(user_id), user_id in room.invited_users)
                            for user_id in room.users))
-    return KeptRoom(str(room.room_id), membership, bool(room.encrypted), members)
+    if membership != INVITED:
+        return KeptRoom(str(room.room_id), membership, bool(room.encrypted), members)
+    inviter = getattr(room, "inviter", None)
+    return KeptRoom(str(room.room_id), membership, bool(room.encrypted), members,
+                    None if inviter is None else str(inviter), is_direct)
+
+
+def invited_room(kept: KeptRoom, own_user_id: str) -> nio.MatrixInvitedRoom:
+    """The ``MatrixInvitedRoom`` nio built from the invite's stripped state."""
+    room = nio.MatrixInvitedRoom(kept.room_id, own_user_id)
+    room.inviter = kept.inviter
+    for user_id, invited in kept.members:
+        room.add_member(user_id, None, None, invited)
+    return room
 
 
 def matrix_room(kept: KeptRoom, own_user_id: str, encrypted_rooms: set[str]) -> nio.MatrixRoom:
@@ -63,38 +79,55 @@ class RoomIndex:
         self.resumed = False
         self._replace_next = True  # the first sync of a start that did not resume is full
         self._saved: dict[str, int] = {}  # room ID → hash of its kept form, as saved
+        self._direct: dict[str, bool] = {}  # room ID → its invite to the bot asked for a DM
+        # Invites to the bot pending at the last stop, for the start to decide again.
+        self.pending_invites: list[KeptRoom] = []
 
     def register(self) -> None:
-        # Response callbacks run after nio has applied the sync to ``client.rooms``.
+        # Event callbacks run while nio applies a sync, response callbacks after.
+        self.client.add_event_callback(self._on_invite, nio.InviteMemberEvent)
         self.client.add_response_callback(self._on_sync, nio.SyncResponse)
+
+    async def _on_invite(self, room: nio.MatrixRoom, event: nio.InviteMemberEvent) -> None:
+        if event.state_key == str(self.client.user_id) and event.membership == INVITED:
+            self._direct[str(room.room_id)] = bool(event.content.get("is_direct"))
 
     def resume(self) -> str | None:
         """Put the kept rooms into nio and return the position to sync from, or None when the
         first sync must ask for the full state."""
         position, rooms = self.store.load_rooms()
         device_id = str(self.client.device_id)
+        invites = [room for room in rooms if room.membership == INVITED]
+        self.pending_invites = [room for room in invites if room.inviter is not None]
+        own = str(self.client.user_id)
+        for kept in self.pending_invites:  # kept in the index by every kind of first sync
+            self.client.invited_rooms[kept.room_id] = invited_room(kept, own)
+            self._direct[kept.room_id] = kept.is_direct
+        if self.pending_invites:
+            # Usually an invite that came just before a stop; one the bot can never join (its
+            # server gone) is tried again at every start until the inviter withdraws it.
+            logger.info("%d invite(s) to the bot pending at the last stop: deciding them "
+                        "again after the first sync", len(self.pending_invites))
         if position is None:
             return None
         if position.device_id != device_id:
             logger.info("Kept rooms belong to device %s, not %s: asking for the full state",
                         position.device_id, device_id)
             return None
-        pending = [room.room_id for room in rooms if room.membership == INVITED]
-        if pending:
-            # Usually an invite that came just before a stop. One the bot can never join (its
-            # server gone) makes every start full-state until the inviter withdraws it.
-            logger.warning("%d invite(s) to the bot pending at the last stop (%s): asking for "
-                           "the full state, which brings them again", len(pending),
-                           ", ".join(pending[:5]))
+        if len(invites) > len(self.pending_invites):  # kept before their inviter was
+            logger.warning("Invite(s) to the bot pending at the last stop without their "
+                           "inviter (%s): asking for the full state",
+                           ", ".join(r.room_id for r in invites if r.inviter is None)[:300])
             return None
-        own = str(self.client.user_id)
         encrypted_rooms = set(self.client.encrypted_rooms)
         for kept in rooms:
+            self._saved[kept.room_id] = hash(kept)
+            if kept.membership == INVITED:
+                continue  # in nio's invited rooms already
             room = matrix_room(kept, own, encrypted_rooms)
             self.client.rooms[kept.room_id] = room
             if room.encrypted and self.client.olm is not None:
                 self.client.olm.update_tracked_users(room)  # as nio's sync does per room
-            self._saved[kept.room_id] = hash(kept)
         self.resumed = True
         self._replace_next = False
         logger.info("Resuming sync with %d kept rooms", len(rooms))
@@ -132,12 +165,16 @@ class RoomIndex:
         """Rooms the bot left, was removed from, or whose invite it rejected or lost. nio 0.26
         does not read a sync's ``leave`` section and would keep them, with the bot among the
         members, for the rest of the run; they go as nio's ``room_forget`` would have them go."""
-        gone = [room_id for room_id in response.rooms.leave
+        # A room can be in ``leave`` and in ``join`` or ``invite`` at once: the bot was
+        # removed and then invited (or joined) again within the same sync.
+        left = [room_id for room_id in response.rooms.leave
                 if room_id not in response.rooms.join]
-        for room_id in gone:
+        gone = [room_id for room_id in left if room_id not in response.rooms.invite]
+        for room_id in left:  # invited again: an invite now, as the sync's invite section says
             self.client.rooms.pop(room_id, None)
-            self.client.invited_rooms.pop(room_id, None)
             self._saved.pop(room_id, None)
+        for room_id in gone:
+            self.client.invited_rooms.pop(room_id, None)
         return gone
 
     def _changes(self, response: nio.SyncResponse) -> list[KeptRoom]:
@@ -146,7 +183,8 @@ class RoomIndex:
         rooms, invited = self.client.rooms, self.client.invited_rooms
         brought = [kept_room(rooms[room_id]) for room_id in response.rooms.join
                    if room_id in rooms]
-        brought += [kept_room(invited[room_id], INVITED) for room_id in response.rooms.invite
+        brought += [kept_room(invited[room_id], INVITED, self._direct.get(room_id, False))
+                    for room_id in response.rooms.invite
                     if room_id in invited and room_id not in rooms]
         return [room for room in brought if self._saved.get(room.room_id) != hash(room)]
 
@@ -155,6 +193,6 @@ class RoomIndex:
         nio's model as the syncs report them)."""
         rooms = [kept_room(room) for room in self.client.rooms.values()]
         joined = {room.room_id for room in rooms}
-        rooms += [kept_room(room, INVITED) for room in self.client.invited_rooms.values()
-                  if room.room_id not in joined]
+        rooms += [kept_room(room, INVITED, self._direct.get(room.room_id, False))
+                  for room in self.client.invited_rooms.values() if room.room_id not in joined]
         return rooms

@@ -104,6 +104,8 @@ class KeptRoom:
     membership: str
     encrypted: bool
     members: tuple[tuple[str, bool], ...]
+    inviter: str | None = None  # of a pending invite (None in rows from before 0013)
+    is_direct: bool = False     # the invite asked for a DM
 
 
 class Store:
@@ -697,8 +699,10 @@ class Store:
                 conn.executemany("DELETE FROM room_members WHERE room_id = ?",
                                  [(room.room_id,) for room in rooms])
             conn.executemany(
-                "INSERT OR REPLACE INTO rooms (room_id, membership, encrypted) VALUES (?, ?, ?)",
-                [(room.room_id, room.membership, int(room.encrypted)) for room in rooms])
+                "INSERT OR REPLACE INTO rooms (room_id, membership, encrypted, inviter, "
+                "is_direct) VALUES (?, ?, ?, ?, ?)",
+                [(room.room_id, room.membership, int(room.encrypted), room.inviter,
+                  int(room.is_direct)) for room in rooms])
             conn.executemany(
                 "INSERT OR REPLACE INTO room_members (room_id, user_id, invited) "
                 "VALUES (?, ?, ?)",
@@ -720,9 +724,11 @@ class Store:
                 "SELECT room_id, user_id, invited FROM room_members ORDER BY room_id, user_id"):
             members.setdefault(str(room_id), []).append((str(user_id), bool(invited)))
         rooms = [KeptRoom(str(room_id), str(membership), bool(encrypted),
-                          tuple(members.get(str(room_id), ())))
-                 for room_id, membership, encrypted in self.db.execute(
-                     "SELECT room_id, membership, encrypted FROM rooms ORDER BY room_id")]
+                          tuple(members.get(str(room_id), ())),
+                          None if inviter is None else str(inviter), bool(is_direct))
+                 for room_id, membership, encrypted, inviter, is_direct in self.db.execute(
+                     "SELECT room_id, membership, encrypted, inviter, is_direct FROM rooms "
+                     "ORDER BY room_id")]
         return position, rooms
 
     def forget_sync_position(self) -> None:

@@ -161,4 +161,12 @@ def build_migrations() -> Migrations:
         # written before the sync position moves past the change, deleted once checked.
         db.table("device_changes").create({"user_id": str, "noticed_ms": int}, pk="user_id")
 
+    @migrations(name="0013_kept_invites")
+    def kept_invites(db: Database) -> None:
+        # Of a pending invite to the bot: who sent it and whether as a DM, so that a restart
+        # decides it again (neither a resumed nor a full-state sync with a position brings an
+        # old invite a second time).
+        db.table("rooms").add_column("inviter", str)
+        db.table("rooms").add_column("is_direct", int)
+
     return migrations

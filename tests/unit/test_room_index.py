@@ -18,7 +18,7 @@ from nerbot.matrix.reachability import Recovery
 from nerbot.matrix.roomindex import RoomIndex
 from nerbot.matrix.syncer import SyncLoop
 from nerbot.store import Store
-from nerbot.store.db import SyncPosition
+from nerbot.store.db import KeptRoom, SyncPosition
 
 BOT = "@nerbot:example.org"
 ALICE = "@alice:example.org"
@@ -178,29 +178,80 @@ async def test_a_full_state_sync_replaces_what_was_kept(tmp_path: Path) -> None:
     await client.close()
 
 
-async def test_a_pending_invite_to_the_bot_makes_the_next_start_ask_for_the_full_state(
+def invite_from_alice(is_direct: bool = True) -> dict[str, Any]:
+    """A new body each time: nio's parsing takes parts out of the dicts it is given."""
+    return {"invite_state": {"events": [
+        {"type": "m.room.member", "state_key": BOT, "sender": ALICE,
+         "content": {"membership": "invite", "is_direct": is_direct}}]}}
+
+
+async def test_a_pending_invite_is_kept_with_its_inviter_and_the_next_start_resumes(
         tmp_path: Path) -> None:
-    # A resumed sync would not bring the invite again, and the bot has not decided it yet.
+    """No later sync brings an invite again (resumed, or full-state from nio's position):
+    it is kept with who sent it and whether as a DM, for the start to decide it again."""
     store = Store(tmp_path / "bot.db")
     client, index, _ = await started(store)
-    invite = {"invite_state": {"events": [
-        {"type": "m.room.member", "state_key": BOT, "sender": ALICE,
-         "content": {"membership": "invite"}}]}}
     await apply(client, index, sync_body("s1", join={GROUP: joined([member(BOT, "join")])},
-                                         invite={DM: invite}))
+                                         invite={DM: invite_from_alice()}))
     await client.close()
     client, index, position = await started(store)
-    assert position is None and not client.rooms and not index.resumed
+    assert position == "s1" and index.resumed and set(client.rooms) == {GROUP}
+    (kept,) = index.pending_invites
+    assert (kept.room_id, kept.inviter, kept.is_direct) == (DM, ALICE, True)
+    assert client.invited_rooms[DM].inviter == ALICE
+    # A sync with nothing new for the room keeps the invite as it was.
+    await apply(client, index, sync_body("s2", join={GROUP: joined([])}))
     await client.close()
-
-    # Once joined, the invite is no longer pending: the start after resumes.
-    client, index, _ = await started(store)
-    await apply(client, index, sync_body("s2", join={
-        GROUP: joined([member(BOT, "join")]),
+    client, index, position = await started(store)
+    assert position == "s2" and [k.inviter for k in index.pending_invites] == [ALICE]
+    # Once joined, the invite is no longer pending.
+    await apply(client, index, sync_body("s3", join={
         DM: joined([member(BOT, "join"), member(ALICE, "join", ALICE)])}))
     await client.close()
-    client, _, position = await started(store)
-    assert position == "s2" and set(client.rooms) == {DM, GROUP}
+    client, index, position = await started(store)
+    assert position == "s3" and set(client.rooms) == {DM, GROUP}
+    assert index.pending_invites == [] and DM not in client.invited_rooms
+    await client.close()
+
+
+async def test_a_kept_invite_is_decided_again_on_a_full_state_start_too(tmp_path: Path) -> None:
+    store = Store(tmp_path / "bot.db")
+    client, index, _ = await started(store)
+    await apply(client, index, sync_body("s1", invite={DM: invite_from_alice()}))
+    await client.close()
+    client, index, position = await started(store, device_id="OTHERDEVICE")
+    assert position is None and [k.room_id for k in index.pending_invites] == [DM]
+    # the full-state answer (Synapse's, with nio's position: no old invite in it) keeps it
+    await apply(client, index, sync_body("s2", join={GROUP: joined([member(BOT, "join")])}))
+    await client.close()
+    client, index, position = await started(store, device_id="OTHERDEVICE")
+    assert position == "s2" and [k.inviter for k in index.pending_invites] == [ALICE]
+    await client.close()
+
+
+async def test_an_invite_kept_before_its_inviter_was_asks_for_the_full_state(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path / "bot.db")
+    store.save_rooms(SyncPosition("BOTDEVICE", "s1"),
+                     [KeptRoom(DM, "invite", False, ((ALICE, False), (BOT, True)))])
+    client, index, position = await started(store)
+    assert position is None and index.pending_invites == []
+    await client.close()
+
+
+async def test_removed_and_invited_again_within_one_sync_is_an_invite(tmp_path: Path) -> None:
+    """Synapse puts such a room in ``leave`` and in ``invite``: it is not a room left."""
+    store = Store(tmp_path / "bot.db")
+    client, index, _ = await started(store)
+    await apply(client, index, sync_body("s1", join={GROUP: joined([member(BOT, "join")])}))
+    await apply(client, index, sync_body(
+        "s2", invite={GROUP: invite_from_alice(is_direct=False)},
+        leave={GROUP: {"state": {"events": []}, "timeline": {"events": [
+            member(BOT, "leave", ALICE)], "limited": False, "prev_batch": "p"}}}))
+    assert GROUP in client.invited_rooms
+    await client.close()
+    client, index, _ = await started(store)
+    assert [(k.room_id, k.inviter) for k in index.pending_invites] == [(GROUP, ALICE)]
     await client.close()
 
 

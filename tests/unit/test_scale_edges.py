@@ -213,3 +213,26 @@ async def test_a_second_stop_waits_for_the_first_to_finish() -> None:
     await asyncio.gather(first, second)
     assert closed_when_done == [True]
 
+
+
+class Spawns:
+    """A task runner that only notes what it was asked to start."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def spawn(self, work: Any, name: str) -> None:
+        work.close()
+        self.names.append(name)
+
+
+async def test_an_invite_kept_from_the_last_run_is_decided_once_unless_this_run_did() -> None:
+    store = Store(":memory:")
+    events = router(store, {"!joined:hs": SimpleNamespace(room_id="!joined:hs")})
+    events.runner = spawns = Spawns()  # type: ignore[assignment]
+    await events._on_invite(SimpleNamespace(room_id="!synced:hs"),  # type: ignore[arg-type]
+                            SimpleNamespace(state_key="@bot:hs", membership="invite",
+                                            sender="@x:hs", content={}))
+    for room in ("!joined:hs", "!synced:hs", "!kept:hs", "!kept:hs"):
+        events.decide_kept_invite(room, "@x:hs", True)
+    assert spawns.names == ["invite !synced:hs", "invite !kept:hs"]
