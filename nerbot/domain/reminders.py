@@ -242,12 +242,20 @@ def _period(history: ReminderHistory, finding_set: str) -> int:
     return 0
 
 
+def backoff_slack_ms(step_ms: int) -> int:
+    """How much earlier than a backoff step a reminder may go: 1/24 of the step, at most an
+    hour. Scans run at the same wall-clock time, but each person is reached a little later or
+    earlier in a scan than the day before, and a DST change makes a day 23 hours; without it
+    a "1 day" step would often wait for the next day's scan (two days)."""
+    return min(HOUR_MS, step_ms // 24)
+
+
 def _backoff_until(history: ReminderHistory, period: int,
                    settings: ReminderSettings) -> int | None:
     if period == 0 or history.last_sent_ms is None:
         return None
     step = settings.backoff_ms[min(period, len(settings.backoff_ms)) - 1]
-    return history.last_sent_ms + step
+    return history.last_sent_ms + step - backoff_slack_ms(step)
 
 
 def decide(report: UserReport, history: ReminderHistory, settings: ReminderSettings,

@@ -32,6 +32,7 @@ from nerbot.domain.reminders import (
     ReminderDecision,
     ReminderHistory,
     ReminderSettings,
+    backoff_slack_ms,
     decide,
     finding_key,
     in_quiet_hours,
@@ -215,19 +216,33 @@ def test_zero_grace_reminds_at_once() -> None:
 def test_backoff_sequence_is_1_3_7_30_30_days() -> None:
     history, now = send(BROKEN, FRESH, NOON), NOON
     for period, gap in enumerate([1, 3, 7, 30, 30], start=1):
-        early = decide(BROKEN, history, SETTINGS, now + gap * DAY_MS - 1)
+        step = gap * DAY_MS - backoff_slack_ms(gap * DAY_MS)  # an hour less
+        early = decide(BROKEN, history, NO_QUIET, now + step - 1)  # (the hours move back)
         assert (early.kind, early.reason) == (DecisionKind.NONE, "backoff"), period
-        assert early.not_before_ms == now + gap * DAY_MS
-        now += gap * DAY_MS
-        d = decide(BROKEN, history, SETTINGS, now)
+        assert early.not_before_ms == now + step
+        now += step
+        d = decide(BROKEN, history, NO_QUIET, now)
         assert d.kind is DecisionKind.REMIND
         assert d.key == reminder_key(USER, BROKEN_KEY, period, period)
         history = record_sent(history, d, now)
     assert history.sent_count == 6 and history.sent_total == 6
 
 
+def test_a_daily_scan_reaching_someone_earlier_than_the_day_before_still_reminds() -> None:
+    """Scans run at one wall-clock time, but a person is reached a few seconds earlier or
+    later in each; and a DST change makes a day 23 hours. A "1 day" step still comes the next
+    day, not two days later."""
+    history = send(BROKEN, FRESH, sh(4, 10, 0) + 20_000)  # reached 20 s into the scan
+    assert decide(BROKEN, history, SETTINGS, sh(5, 10, 0) + 10_000).due  # 10 s in, next day
+    berlin = ReminderSettings(timezone="Europe/Berlin")  # DST began on 31 March 2024
+    sent = local(BERLIN, 2024, 3, 30, 10)
+    history = send(BROKEN, FRESH, sent, berlin)
+    assert decide(BROKEN, history, berlin, local(BERLIN, 2024, 3, 31, 10)).due  # 23 h later
+    assert not decide(BROKEN, history, berlin, sent + 22 * HOUR_MS).due
+
+
 def test_backoff_ending_in_quiet_hours_is_pushed_to_their_end() -> None:
-    settings = ReminderSettings(backoff_ms=(DAY_MS + HOUR_MS,))
+    settings = ReminderSettings(backoff_ms=(DAY_MS + 2 * HOUR_MS,))  # 25 h with the slack
     history = send(BROKEN, FRESH, sh(4, 21, 30), settings)
     d = decide(BROKEN, history, settings, sh(5, 12))
     assert d.reason == "backoff" and d.not_before_ms == sh(6, 9)
@@ -413,21 +428,21 @@ def test_problem_coming_back_after_all_good_starts_a_new_sequence_with_a_new_id(
     assert again.key != first.key and again.txn_id != first.txn_id
     history = record_sent(history, again, sh(6))
     assert (history.sent_count, history.all_good_sent) == (1, False)
-    assert decide(BROKEN, history, SETTINGS, sh(7) - 1).reason == "backoff"
+    assert decide(BROKEN, history, SETTINGS, sh(7) - HOUR_MS - 1).reason == "backoff"
 
 
 # -- changed finding set ------------------------------------------------------------------------
 
 def test_new_finding_set_restarts_backoff_but_keeps_the_daily_cap() -> None:
     history = send(BROKEN, send(BROKEN, FRESH, sh(4)), sh(5))  # periods 0 and 1
-    assert decide(BROKEN, history, SETTINGS, sh(7)).reason == "backoff"  # waits for day 8
+    assert decide(BROKEN, history, SETTINGS, sh(7, 10)).reason == "backoff"  # waits for day 8
     assert decide(UNVERIFIED, history, SETTINGS, sh(5, 18)).reason == "daily_cap"
     d = decide(UNVERIFIED, history, SETTINGS, sh(6))
     assert d.kind is DecisionKind.REMIND and d.key == f"{USER}|unverified_sessions|0|2"
     history = record_sent(history, d, sh(6))
     assert (history.finding_key, history.sent_count) == ("unverified_sessions", 1)
-    assert decide(UNVERIFIED, history, SETTINGS, sh(7) - 1).reason == "backoff"
-    assert decide(UNVERIFIED, history, SETTINGS, sh(7)).key == \
+    assert decide(UNVERIFIED, history, SETTINGS, sh(7, 11) - 1).reason == "backoff"
+    assert decide(UNVERIFIED, history, SETTINGS, sh(7, 11)).key == \
         f"{USER}|unverified_sessions|1|3"
 
 
@@ -437,7 +452,7 @@ def test_new_devices_in_the_same_finding_set_do_not_restart_backoff() -> None:
                               "verify-sessions", ("A",)),))
     two = replace(one, findings=(replace(one.findings[0], device_ids=("A", "B")),))
     history = send(one, FRESH, NOON)
-    d = decide(two, history, SETTINGS, sh(5, 11))
+    d = decide(two, history, SETTINGS, sh(5, 10))
     assert d.reason == "backoff"
     assert d.findings[0].device_ids == ("A", "B")  # the pending reminder names both
 
@@ -479,7 +494,7 @@ def test_reason_is_the_first_hold_and_not_before_the_latest() -> None:
     assert (d.reason, d.not_before_ms) == ("snoozed", sh(6))
     tangled = replace(tangled, snoozed_until_ms=None)
     d = decide(BROKEN, tangled, SETTINGS, NOON)
-    assert (d.reason, d.not_before_ms) == ("backoff", sh(5, 11))
+    assert (d.reason, d.not_before_ms) == ("backoff", sh(5, 10))  # an hour's slack
     d = decide(UNVERIFIED, tangled, SETTINGS, NOON)  # another set: no backoff, same day
     assert (d.reason, d.not_before_ms) == ("daily_cap", sh(5, 9))
     d = decide(UNVERIFIED, tangled, SETTINGS, sh(5, 3))
