@@ -20,10 +20,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from nerbot.config import RemindersConfig
@@ -43,6 +45,7 @@ from nerbot.store import OutboxMessage, Store
 logger = logging.getLogger(__name__)
 
 LAST_SCAN_META = "reminders.last_scan_ms"
+AFTER_QUIET_JOB = "reminder-scan-after-quiet-hours"
 RETRY_SECONDS = 300
 
 
@@ -64,6 +67,8 @@ class ScanStats:
     queued: int = 0
     failed: int = 0  # people whose facts could not be had or whose step failed
     held: dict[str, int] = dataclasses.field(default_factory=dict)
+    # When the first person held back only by quiet hours may be reminded (a scan then).
+    after_quiet_ms: int | None = None
     scan_seconds: float = 0.0
     delivery: DeliveryStats | None = None
 
@@ -155,6 +160,9 @@ class ReminderService:
                 stats.queued += 1
             else:
                 stats.held[decision.reason] = stats.held.get(decision.reason, 0) + 1
+                if decision.reason == "quiet_hours" and decision.not_before_ms is not None:
+                    stats.after_quiet_ms = min(stats.after_quiet_ms or decision.not_before_ms,
+                                               decision.not_before_ms)
         stats.users = len(users)
         self.last_failed = stats.failed
         stats.scan_seconds = self._monotonic() - started
@@ -164,9 +172,24 @@ class ReminderService:
         logger.log(logging.WARNING if stats.failed else logging.INFO,
                    "Reminder scan: %d users, %d queued, held %s, %d failed (%.1f s)",
                    stats.users, stats.queued, stats.held, stats.failed, stats.scan_seconds)
+        if stats.after_quiet_ms is not None:
+            self._scan_at(stats.after_quiet_ms)
         if deliver:
             stats.delivery = await self.outbox.deliver()
         return stats
+
+    def _scan_at(self, at_ms: int) -> None:
+        """One more scan when quiet hours end: people held back only by them would otherwise
+        wait for the next scheduled scan, and one inside quiet hours (``scan_at = "23:00"``,
+        or every 24 h from a start at night) would never reach them."""
+        if self.scheduler is None or not self.scheduler.running:
+            return
+        when = datetime.fromtimestamp(at_ms / 1000, tz=self.config.policy.zone)
+        self.scheduler.add_job(self._scheduled_scan, DateTrigger(run_date=when),
+                               id=AFTER_QUIET_JOB, replace_existing=True,
+                               misfire_grace_time=None)
+        logger.info("Reminder scan: people held back by quiet hours; another scan at %s",
+                    when.isoformat(timespec="minutes"))
 
     # -- scheduling ------------------------------------------------------------------------
 

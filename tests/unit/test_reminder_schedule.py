@@ -1,0 +1,57 @@
+"""The scan schedule: a scan whose people are held back by quiet hours asks for one more."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from test_fault_isolation import Hygiene, Outbox, Text
+
+from nerbot.config import RemindersConfig
+from nerbot.domain.reminders import ReminderSettings
+from nerbot.ids import UserId
+from nerbot.reminder_service import AFTER_QUIET_JOB, ReminderService
+from nerbot.store import Store
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+ALICE = UserId("@alice:hs")
+
+
+def at(day: int, hour: int) -> int:
+    return int(datetime(2026, 12, day, hour, tzinfo=SHANGHAI).timestamp() * 1000)
+
+
+class Clock:
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def now_ms(self) -> int:
+        return self.now
+
+
+async def test_a_scan_in_quiet_hours_schedules_one_more_when_they_end() -> None:
+    """``scan_at = "23:00"`` (inside 22:00-09:00) used to remind nobody, ever."""
+    store, clock = Store(":memory:"), Clock(at(7, 23))
+
+    async def audience() -> list[UserId]:
+        return [ALICE]
+
+    config = RemindersConfig(policy=ReminderSettings(grace_ms=0), scan_at_minute=23 * 60)
+    service = ReminderService(config, store, Hygiene(set()), audience, Text(),  # type: ignore[arg-type]
+                              Outbox(), clock)  # type: ignore[arg-type]
+    scheduler = service.scheduler = AsyncIOScheduler(timezone=SHANGHAI)
+    scheduler.start()
+    try:
+        stats = await service.scan()
+        assert (stats.queued, stats.held) == (0, {"quiet_hours": 1})
+        assert stats.after_quiet_ms == at(8, 9)
+        job = scheduler.get_job(AFTER_QUIET_JOB)
+        assert job is not None and job.next_run_time == datetime(2026, 12, 8, 9,
+                                                                 tzinfo=SHANGHAI)
+        clock.now = at(8, 9)  # what that scan finds
+        stats = await service.scan()
+        assert stats.queued == 1 and stats.after_quiet_ms is None
+        assert [m.user_id for m in store.pending_messages()] == [ALICE]
+    finally:
+        scheduler.shutdown(wait=False)
