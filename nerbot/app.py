@@ -144,8 +144,9 @@ class NerbotApp:
             basic_commands(registry, store, self.clock.now_ms, self.master_fingerprint)
         )
         registry.extend(status_commands(hygiene, lambda user: user_exists(http, user)))
-        registry.extend(report_commands(self.community_report, list(config.bot.admins),
-                                        config.admin.room))
+        registry.extend(report_commands(
+            self.community_report, list(config.bot.admins), config.admin.room,
+            encrypted=lambda room: self._room_state(RoomId(room)) == "encrypted"))
         guides = self.guides = GuideConversation(load_library(), store, hygiene, transport,
                                                  self.catalog, self.clock.now_ms,
                                                  config.guides.web_client_url)

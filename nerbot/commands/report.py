@@ -87,12 +87,15 @@ def render_community_report(catalog: Catalog, lang: str, report: CommunityReport
 
 
 def report_commands(report: Callable[[], CommunityReport], admins: list[str],
-                    admin_room: str | None) -> list[Command]:
+                    admin_room: str | None, encrypted: Callable[[str], bool]) -> list[Command]:
+    """``encrypted(room)``: the bot's view of a room's encryption. The report names the
+    admins and whether each is verified: posted in the admin room only while it is encrypted
+    (as the alarms are), else sent to the asking admin's DM."""
     async def report_(ctx: CommandContext) -> None:
         if ctx.args:
             raise UsageError
         text = render_community_report(ctx.catalog, ctx.language, report(), admins)
-        if ctx.is_dm or ctx.room_id == admin_room:
+        if ctx.is_dm or (ctx.room_id == admin_room and encrypted(ctx.room_id)):
             await ctx.messenger.send_notice(ctx.room_id, text)
         else:  # a shared room is no place for it: the admin's DM
             await ctx.messenger.send_dm(ctx.sender, text)

@@ -272,3 +272,22 @@ async def test_every_reply_that_echoes_an_argument_quotes_it(
         assert words in text, text
         assert_inert(text)
         assert "ˋ<b>y</b>" + "x" * 55 + "…" in text  # 64 characters of the argument, cut
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+async def test_the_report_goes_to_the_admin_room_only_while_it_is_encrypted(
+        encrypted: bool) -> None:
+    """It names the admins and whether each is verified: an unencrypted admin room gets a
+    pointer, the report goes to the admin's DM (as alarms refuse such a room)."""
+    from nerbot.commands.report import report_commands
+    from nerbot.report_service import collect_report
+
+    store = Store(":memory:")
+    router, messenger, registry = make_router(store, admins={ALICE})
+    registry.extend(report_commands(lambda: collect_report(store, 1_000, [ALICE]), [ALICE],
+                                    ROOM, encrypted=lambda room: encrypted))
+    await router.handle(IncomingText(ALICE, ROOM, EventId("$r"), "!report", False))
+    where = [room for room, _ in messenger.sent]
+    assert where == ([ROOM] if encrypted else [f"dm:{ALICE}", ROOM])
+    if not encrypted:  # in the room only the pointer to the DM
+        assert messenger.sent[1][1] == Catalog.load().t("zh", "status.sent_dm", user=ALICE)
