@@ -192,6 +192,7 @@ class NerbotApp:
         syncer = self.syncer = SyncLoop(client, self.recovery, settle=self.runner.settle,
                                         on_reconnected=self._on_reconnected,
                                         resume_from=resume_from, on_resume_refused=refused)
+        events.sync_since = lambda: syncer.since
         self.runner.spawn(syncer.run(), name="sync")
         self.runner.every(UNDECRYPTABLE_RETRY_SECONDS, events.hold.retry, name="undecryptable")
         await asyncio.wait_for(syncer.first_sync.wait(), first_sync_timeout)

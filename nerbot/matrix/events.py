@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
 import nio
 
 from nerbot.ids import EventId, RoomId, UserId, server_of
+from nerbot.matrix.gaps import missed_events
 from nerbot.matrix.transport import is_private_dm
 from nerbot.matrix.undecryptable import UndecryptableHold
 from nerbot.ports import Clock
@@ -63,6 +65,12 @@ class EventRouter:
         self._invites_seen: set[str] = set()  # rooms whose invite a sync of this run brought
         self._room_mates: frozenset[str] | None = None
         self._synced = False
+        # The position the sync being processed started from (set by the app: the sync loop
+        # knows it); None when it had none (an initial sync: there is no gap to fill).
+        self.sync_since: Callable[[], str | None] = lambda: None
+        # This sync's messages, dispatched once the whole sync is in: a room whose timeline it
+        # cut short gets the messages it left out first, in order (``nerbot.matrix.gaps``).
+        self._arrived: list[tuple[str, nio.Event]] = []
         self.hold = UndecryptableHold(
             client, clock, grace_seconds,
             on_decrypted=self._late_decrypted,
@@ -80,6 +88,7 @@ class EventRouter:
         self.client.add_response_callback(self._on_sync, nio.SyncResponse)
 
     async def _on_sync(self, response: nio.SyncResponse) -> None:
+        self._dispatch_arrived(response)
         self._room_mates = None  # nio has applied this sync's memberships: recount on demand
         first, self._synced = not self._synced, True
         changed = [str(u) for u in response.device_list.changed]
@@ -184,7 +193,46 @@ class EventRouter:
     # -- messages ---------------------------------------------------------------------------
 
     async def _on_text(self, room: nio.MatrixRoom, event: nio.RoomMessageText) -> None:
-        self._dispatch(room.room_id, event)
+        self._arrived.append((room.room_id, event))  # dispatched when the sync is in
+
+    def _dispatch_arrived(self, response: nio.SyncResponse) -> None:
+        arrived, self._arrived = self._arrived, []
+        since = self.sync_since()  # none: an initial sync, whose history is not for the bot
+        gaps = {room_id: info.timeline.prev_batch
+                for room_id, info in response.rooms.join.items()
+                if info.timeline.limited and info.timeline.prev_batch} if since else {}
+        after_gap: dict[str, list[nio.Event]] = {room_id: [] for room_id in gaps}
+        for room_id, event in arrived:
+            if room_id in after_gap:
+                after_gap[room_id].append(event)
+            else:
+                self._dispatch(room_id, event)
+        for room_id, prev_batch in gaps.items():
+            assert since is not None
+            self.runner.spawn_serial(
+                room_id, functools.partial(self._fill_gap, room_id, prev_batch, since,
+                                           after_gap[room_id]),
+                name=f"gap {room_id}")
+
+    async def _fill_gap(self, room_id: str, prev_batch: str, since: str,
+                        arrived: list[nio.Event]) -> None:
+        """The messages the sync left out, then its own; each answer is queued behind this
+        task (same room, ``spawn_serial``), so they are answered in the order they were sent."""
+        try:
+            missed = await missed_events(self.client, room_id, prev_batch, since)
+        except Exception:  # the sync's own messages are still answered
+            logger.exception("Fetching the messages a sync left out of %s failed", room_id)
+            missed = []
+        if missed:
+            logger.info("%d message(s) in %s came only after the sync (its timeline was cut "
+                        "short)", len(missed), room_id)
+        for event in missed:
+            if isinstance(event, nio.MegolmEvent):
+                self._hold(room_id, event)
+            elif isinstance(event, nio.RoomMessageText):
+                self._dispatch(room_id, event)
+        for event in arrived:
+            self._dispatch(room_id, event)
 
     def _dispatch(self, room_id: str, event: nio.Event) -> None:
         if event.sender == self.user_id or not isinstance(event, nio.RoomMessageText):
@@ -221,9 +269,12 @@ class EventRouter:
         return str(event.sender_key)
 
     async def _on_megolm(self, room: nio.MatrixRoom, event: nio.MegolmEvent) -> None:
+        self._hold(room.room_id, event)
+
+    def _hold(self, room_id: str, event: nio.MegolmEvent) -> None:
         if event.sender == self.user_id or event.server_timestamp < self.not_before_ms:
             return
-        self.runner.spawn(self.hold.hold(room.room_id, event), name=f"hold {event.event_id}")
+        self.runner.spawn(self.hold.hold(room_id, event), name=f"hold {event.event_id}")
 
     async def _late_decrypted(self, room_id: str, event: nio.Event) -> None:
         self._dispatch(room_id, event)

@@ -72,6 +72,9 @@ class SyncLoop:
         self.last_success: float | None = None  # time.monotonic() of the last sync processed
         self.filter: str | dict[str, Any] = SYNC_FILTER
         self._synced_once = False
+        # The position the latest sync started from (nio's rule: the one given, else the last
+        # sync's, else the one nio stored); None for an initial sync.
+        self.since: str | None = None
         self._reconnecting = False
         self._stopping = False
         client.add_response_callback(self._on_sync, nio.SyncResponse)
@@ -122,6 +125,7 @@ class SyncLoop:
                 # Back from an outage: catch up at once (timeout 0, as matrix-js-sdk does),
                 # rather than with a long poll that waits for something new to happen.
                 timeout = 0 if self._reconnecting else SYNC_TIMEOUT_MS
+                self.since = self._position()
                 await self._run_all([self.client.sync(timeout, self.filter),
                                      *self._side_requests()])
             self.client.synced.set()
@@ -137,6 +141,7 @@ class SyncLoop:
         loop it stayed referenced for the life of the process."""
         started = time.monotonic()
         since = self.resume_from
+        self.since = self._position(since)
         if since is not None:
             sync = await self.client.sync(0, self.filter, since=since)
         else:  # nio adds its own stored position, if it has one
@@ -163,6 +168,11 @@ class SyncLoop:
                         len(rooms.join), len(rooms.invite), time.monotonic() - started)
         await self.client.run_response_callbacks([sync])
         await self._run_all(self._side_requests())
+
+    def _position(self, since: str | None = None) -> str | None:
+        """Where ``client.sync`` will start from, as nio 0.26 picks it."""
+        client = self.client
+        return since or client.next_batch or client.loaded_sync_token or None
 
     def _side_requests(self) -> list[Coroutine[Any, Any, Any]]:
         """What nio's ``sync_forever`` sends beside each sync, when there is something to send."""

@@ -230,6 +230,8 @@ async def test_commands_sent_while_down_are_answered_after_start(
     await bot.stop()
     await peer.send_text(room_id, "!lang en")
     await peer.send_text(room_id, "!help")
+    for n in range(12):  # more than the 10 events a sync brings of a room: the commands are
+        await peer.send_text(room_id, f"chatter {n}")  # only to be had from /messages
     await start_bot()
     first = await peer.wait_for_message(room_id, sender=bot_id, timeout=60)
     second = await peer.wait_for_message(room_id, sender=bot_id, timeout=60)

@@ -160,6 +160,9 @@ class FakeVerifier:
         self.active.discard(user_id)
         return had
 
+    def is_allowed(self, user_id: str) -> bool:
+        return not user_id.endswith(":elsewhere.example")  # refusals come in words too
+
 
 class FakeClock:
     def now_ms(self) -> int:
@@ -246,7 +249,8 @@ COMMAND_TEXT = st.builds(
 BODY = st.one_of(COMMAND_TEXT, COMMAND_TEXT, st.sampled_from(WORDS), ANY_TEXT)
 MESSAGE = st.builds(lambda sender, body, is_dm, n: IncomingText(
     sender, DM if is_dm else GROUP, EventId(f"$e{n}"), body, is_dm),
-    st.sampled_from([ALICE, ADMIN]), BODY, st.booleans(), st.integers(0, 10**6))
+    st.sampled_from([ALICE, ADMIN, UserId("@bob:elsewhere.example")]), BODY, st.booleans(),
+    st.integers(0, 10**6))
 
 
 def leftover(reply: str, fragments: list[str]) -> str:

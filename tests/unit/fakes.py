@@ -62,6 +62,7 @@ class SyncSurface:
         self.outgoing_to_device_messages: list[Any] = []
         self.should_upload_keys = self.should_query_keys = self.should_claim_keys = False
         self.loaded_sync_token = ""
+        self.next_batch: str | None = None
         self.synced = asyncio.Event()
         self.loop: Any = None
 
