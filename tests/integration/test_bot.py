@@ -241,6 +241,28 @@ async def test_commands_sent_while_down_are_answered_after_start(
         await peer.wait_for_message(room_id, sender=bot_id, timeout=3)
 
 
+async def test_a_dm_someone_else_was_added_to_gets_no_ones_sessions(
+    start_bot: Any, make_user: Any, make_peer: Any
+) -> None:
+    """Alice adds Bob to her DM with the bot: from then on it is a group room for both of
+    them. Their session lists go to DMs of their own; the room gets only pointers."""
+    bot = await start_bot()
+    bot_id = bot.config.matrix.user_id
+    alice, bob = await make_peer(make_user("alice")), await make_peer(make_user("bob"))
+    room_id = await open_dm(alice, bot)
+    invited = await alice.client.room_invite(room_id, bob.user_id)
+    assert isinstance(invited, nio.RoomInviteResponse), invited
+    await alice.wait_for_join(room_id, bob.user_id)
+    for asker in (bob, alice):
+        pointer = await asker.ask(room_id, "!backup-status", bot_id, timeout=60)
+        assert asker.user_id in pointer and "私聊" in pointer and asker.device_id not in pointer
+        assert bot.store is not None
+        dm = bot.store.get_dm_room(asker.user_id)
+        assert dm is not None and dm != room_id
+        report = await asker.wait_for_message(dm, sender=bot_id, timeout=60)
+        assert asker.device_id in report.body
+
+
 async def test_bot_device_is_cross_signed_as_seen_by_another_user(
     start_bot: Any, make_user: Any, make_peer: Any
 ) -> None:
