@@ -332,6 +332,7 @@ class NerbotApp:
         self.reminders = ReminderService(config.reminders, store, self.hygiene, self._audience,
                                          text, outbox, self.clock, observe_keys=observe,
                                          on_scanned=self._scanned)
+        outbox.still_wanted = self.reminders.still_due
         alarms = self.alarms = AlarmService(
             store, self.catalog, config.bot.language, self.clock, config.admin.room,
             self._room_state, deliver=self._deliver_soon,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,6 +47,7 @@ class DmTransport(Protocol):
 class DeliveryStats:
     sent: int = 0
     failed: int = 0
+    withdrawn: int = 0  # no longer wanted when their turn came (``still_wanted``)
     seconds: float = 0.0
 
 
@@ -76,6 +77,9 @@ class OutboxSender:
         # Kinds that must wait now (reminders in quiet hours): they stay pending, untried, and
         # go out at a later run; messages of other kinds queued behind them are not held up.
         self.held_kinds = held_kinds
+        # Asked when a message's turn comes: False withdraws it (a reminder about something
+        # fixed while it waited). Set by the app once the reminder service exists.
+        self.still_wanted: Callable[[OutboxMessage], Awaitable[bool]] | None = None
         self.metrics = metrics
         self.transport = transport
         self.now_ms = now_ms
@@ -103,17 +107,31 @@ class OutboxSender:
                 await asyncio.gather(*(self._work(queue, stats)
                                        for _ in range(min(WORKERS, len(batch)))))
         stats.seconds = loop.time() - started
-        if stats.sent or stats.failed:
-            logger.info("Outbox: %d sent, %d failed in %.1f s", stats.sent, stats.failed,
-                        stats.seconds)
+        if stats.sent or stats.failed or stats.withdrawn:
+            logger.info("Outbox: %d sent, %d failed, %d withdrawn in %.1f s", stats.sent,
+                        stats.failed, stats.withdrawn, stats.seconds)
         return stats
 
     async def _work(self, queue: asyncio.Queue[OutboxMessage], stats: DeliveryStats) -> None:
         while not queue.empty():
-            if await self._send(queue.get_nowait()):
+            message = queue.get_nowait()
+            if not await self._wanted(message):
+                self.store.message_withdrawn(message.key)
+                stats.withdrawn += 1
+            elif await self._send(message):
                 stats.sent += 1
             else:
                 stats.failed += 1
+
+    async def _wanted(self, message: OutboxMessage) -> bool:
+        if self.still_wanted is None:
+            return True
+        try:
+            return await self.still_wanted(message)
+        except Exception:  # a check that fails says nothing against the message
+            logger.warning("Outbox: could not check whether %s to %s is still wanted",
+                           message.kind, message.user_id, exc_info=True)
+            return True
 
     async def _send(self, message: OutboxMessage) -> bool:
         room = message.room_id

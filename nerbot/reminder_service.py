@@ -31,11 +31,13 @@ from apscheduler.triggers.interval import IntervalTrigger
 from nerbot.config import RemindersConfig
 from nerbot.domain.assessment import DAY_MS, UserReport
 from nerbot.domain.reminders import (
+    REMINDER_KINDS,
     DecisionKind,
     ReminderDecision,
     ReminderHistory,
     decide,
     record_sent,
+    reminding_findings,
 )
 from nerbot.ids import UserId
 from nerbot.outbox import DeliveryStats, OutboxSender
@@ -45,6 +47,9 @@ from nerbot.store import OutboxMessage, Store
 logger = logging.getLogger(__name__)
 
 LAST_SCAN_META = "reminders.last_scan_ms"
+# A reminder that waited longer than this for its turn (quiet hours, the tail of a large
+# campaign, failed tries) is checked against fresh facts before it goes out.
+RECHECK_AFTER_MS = 15 * 60 * 1000
 AFTER_QUIET_JOB = "reminder-scan-after-quiet-hours"
 RETRY_SECONDS = 300
 
@@ -106,6 +111,25 @@ class ReminderService:
         return dataclasses.replace(
             self.store.reminder_history(user_id, record.first_seen_ms),
             backup_opted_out="backup_opted_out" in report.notes)
+
+    async def still_due(self, message: OutboxMessage) -> bool:
+        """Whether a reminder that waited is still worth sending: not when what it is about
+        was fixed meanwhile (or, for the "all fixed" note, broke again). Other kinds, fresh
+        reminders, and facts that cannot be had leave it as it is."""
+        if message.kind not in REMINDER_KINDS or \
+                self.clock.now_ms() - message.created_ms < RECHECK_AFTER_MS:
+            return True
+        report = (await self.hygiene.assess([message.user_id])).get(message.user_id)
+        if report is None:
+            return True
+        opted_out_of_backup = ReminderHistory(
+            first_seen_ms=0, backup_opted_out="backup_opted_out" in report.notes)
+        reminding = bool(reminding_findings(report, opted_out_of_backup, self.config.policy))
+        due = reminding if message.kind == DecisionKind.REMIND.value else not reminding
+        if not due:
+            logger.info("Reminder to %s withdrawn: %s since it was queued", message.user_id,
+                        "at risk again" if reminding else "fixed")
+        return due
 
     def decision_for(self, user_id: UserId, report: UserReport) -> ReminderDecision:
         """What the policy would do now (``!remind`` shows it); queues and sends nothing."""

@@ -432,6 +432,12 @@ class Store:
             self.db.execute("UPDATE outbox SET status = 'sent', event_id = ?, sent_ms = ? "
                             "WHERE key = ?", [event_id, now_ms, key])
 
+    def message_withdrawn(self, key: str) -> None:
+        """No longer to be sent (what it is about changed while it waited)."""
+        with self.db.atomic():
+            self.db.execute("UPDATE outbox SET status = 'withdrawn' WHERE key = ? "
+                            "AND status = 'pending'", [key])
+
     def message_failed(self, key: str) -> None:
         """Given up (the user no longer exists, or the room refuses us)."""
         with self.db.atomic():

@@ -5,10 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from test_fault_isolation import at_risk
+
+from nerbot.config import RemindersConfig
+from nerbot.domain.assessment import UserReport
+from nerbot.domain.facts import BackupState
 from nerbot.domain.reminders import REMINDER_KINDS, ReminderSettings, held_kinds
 from nerbot.ids import RoomId, UserId
 from nerbot.matrix.transport import SendFailed
 from nerbot.outbox import MAX_ATTEMPTS, OutboxSender
+from nerbot.reminder_service import RECHECK_AFTER_MS, ReminderService
 from nerbot.store import OutboxMessage, Store
 
 ALICE = UserId("@alice:hs")
@@ -124,3 +130,71 @@ def test_a_persons_choices_withdraw_what_they_forbid_and_nothing_else() -> None:
     # withdrawn is final: pruned like sent and failed once old
     store.prune(10 ** 13, keep_days=1)
     assert store.outbox() == []
+
+
+# -- a reminder that waited is checked against fresh facts ------------------------------------
+
+class Facts:
+    """Everyone at risk but ``healthy``; counts who was assessed."""
+
+    def __init__(self, healthy: set[str]) -> None:
+        self.healthy = healthy
+        self.assessed: list[str] = []
+
+    async def assess(self, user_ids: list[str], fresh: bool = False) -> dict[str, UserReport]:
+        self.assessed += user_ids
+        return {u: UserReport(u, True, True, BackupState.PRESENT, (), ()) if u in self.healthy
+                else at_risk(u) for u in user_ids if u != "@gone:hs"}
+
+
+class Clock:
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def now_ms(self) -> int:
+        return self.now
+
+
+def reminders(facts: Facts, now: int) -> ReminderService:
+    return ReminderService(RemindersConfig(), Store(":memory:"), facts, None,  # type: ignore[arg-type]
+                           None, None, Clock(now))  # type: ignore[arg-type]
+
+
+def waiting(user: str, kind: str, created_ms: int) -> OutboxMessage:
+    return OutboxMessage(key=f"{user}-{kind}", user_id=UserId(user), kind=kind, txn_id="t",
+                         body="b", room_id=None, status="pending", attempts=0,
+                         created_ms=created_ms)
+
+
+async def test_a_reminder_about_something_fixed_while_it_waited_is_no_longer_due() -> None:
+    queued, later = 0, RECHECK_AFTER_MS
+    facts = Facts(healthy={str(ALICE)})
+    service = reminders(facts, later)
+    assert not await service.still_due(waiting(ALICE, "remind", queued))   # fixed overnight
+    assert await service.still_due(waiting(BOB, "remind", queued))         # still at risk
+    assert not await service.still_due(waiting(BOB, "all_good", queued))   # broke again
+    assert await service.still_due(waiting(ALICE, "all_good", queued))
+    assert await service.still_due(waiting("@gone:hs", "remind", queued))  # no facts: as is
+    assert facts.assessed == [ALICE, BOB, BOB, ALICE, "@gone:hs"]
+    # fresh reminders and other kinds are not assessed again
+    assert await service.still_due(waiting(ALICE, "remind", later - RECHECK_AFTER_MS + 1))
+    assert await service.still_due(waiting(ALICE, "alert", queued))
+    assert len(facts.assessed) == 5
+
+
+async def test_the_outbox_withdraws_what_is_no_longer_wanted_and_sends_if_it_cannot_tell(
+) -> None:
+    store = Store(":memory:")
+    fixed, due, unsure = (queue(store, user, "remind") for user in ("@a:hs", "@b:hs", "@c:hs"))
+
+    async def still_wanted(message: OutboxMessage) -> bool:
+        if message.user_id == "@c:hs":
+            raise RuntimeError("homeserver away")
+        return message.user_id != "@a:hs"
+
+    transport = Transport()
+    sender = OutboxSender(store, transport, lambda: 5, per_minute=60_000)
+    sender.still_wanted = still_wanted
+    stats = await sender.deliver()
+    assert (stats.sent, stats.failed, stats.withdrawn) == (2, 0, 1)
+    assert status(store) == {fixed: ("withdrawn", 0), due: ("sent", 1), unsure: ("sent", 1)}
