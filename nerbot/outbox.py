@@ -94,9 +94,9 @@ class OutboxSender:
         started = loop.time()
         async with self._lock:
             tried: set[str] = set()
-            held = self.held_kinds()
             while True:
-                batch = [m for m in self.store.pending_messages(limit=500, skip_kinds=held)
+                batch = [m for m in self.store.pending_messages(limit=500,
+                                                                skip_kinds=self.held_kinds())
                          if m.key not in tried]
                 if not batch:
                     break
@@ -115,10 +115,16 @@ class OutboxSender:
     async def _work(self, queue: asyncio.Queue[OutboxMessage], stats: DeliveryStats) -> None:
         while not queue.empty():
             message = queue.get_nowait()
+            if message.kind in self.held_kinds():  # quiet hours began during this run
+                continue
             if not await self._wanted(message):
                 self.store.message_withdrawn(message.key)
                 stats.withdrawn += 1
-            elif await self._send(message):
+                continue
+            sent = await self._send(message)
+            if sent is None:
+                stats.withdrawn += 1
+            elif sent:
                 stats.sent += 1
             else:
                 stats.failed += 1
@@ -133,7 +139,8 @@ class OutboxSender:
                            message.kind, message.user_id, exc_info=True)
             return True
 
-    async def _send(self, message: OutboxMessage) -> bool:
+    async def _send(self, message: OutboxMessage) -> bool | None:
+        """True: sent; False: this try failed; None: withdrawn since it was read (not sent)."""
         room = message.room_id
         pinned = False
         try:
@@ -142,7 +149,8 @@ class OutboxSender:
                     raise NerbotError(f"{message.kind} {message.key} has no room")
             elif room is None or not self.transport.dm_is_usable(room, message.user_id):
                 room = await self.transport.ensure_dm(message.user_id)  # re-created if left
-            self.store.message_attempt(message.key, room)
+            if not self.store.message_attempt(message.key, room):
+                return None  # withdrawn (e.g. "!remind off") while its turn came
             pinned = True
             await asyncio.sleep(self.pacer.delay())
             event_id = await self.transport.send_notice(room, message.body,

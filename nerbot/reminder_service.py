@@ -131,6 +131,8 @@ class ReminderService:
         if not due:
             logger.info("Reminder to %s withdrawn: %s since it was queued", message.user_id,
                         "at risk again" if reminding else "fixed")
+            if not reminding:  # (an "all fixed" note at risk again: the next scan reminds)
+                self.store.close_reminder_episode(message.user_id)
         return due
 
     def decision_for(self, user_id: UserId, report: UserReport) -> ReminderDecision:

@@ -365,6 +365,13 @@ class Store:
                 f" AND kind IN ({', '.join('?' for _ in kinds)})", [user_id, *kinds])
             return int(cursor.rowcount)
 
+    def close_reminder_episode(self, user_id: UserId) -> None:
+        """A reminder withdrawn because everything was fixed before it went out: the person
+        heard of no problem, so no "all fixed" note is owed either."""
+        with self.db.atomic():
+            self.db.execute("UPDATE reminder_state SET all_good_sent = 1 WHERE user_id = ?",
+                            [user_id])
+
     def alerts_off(self, user_id: UserId) -> bool:
         return bool(self._reminder_row(user_id)["alerts_off"])
 
@@ -420,12 +427,14 @@ class Store:
         return [self._outbox(r) for r in self._table("outbox").rows_where(
             where, args, order_by="created_ms")]
 
-    def message_attempt(self, key: str, room_id: RoomId | None) -> None:
+    def message_attempt(self, key: str, room_id: RoomId | None) -> bool:
         """Pin the room before the send, so a resend after a crash goes to the same room
-        (None: a try that found no room to send to)."""
+        (None: a try that found no room to send to). False when the message is no longer
+        pending (withdrawn while its turn came): then it must not be sent."""
         with self.db.atomic():
-            self.db.execute("UPDATE outbox SET room_id = ?, attempts = attempts + 1 "
-                            "WHERE key = ?", [room_id, key])
+            return self.db.execute("UPDATE outbox SET room_id = ?, attempts = attempts + 1 "
+                                   "WHERE key = ? AND status = 'pending'",
+                                   [room_id, key]).rowcount == 1
 
     def message_sent(self, key: str, event_id: str, now_ms: int) -> None:
         with self.db.atomic():
@@ -441,7 +450,8 @@ class Store:
     def message_failed(self, key: str) -> None:
         """Given up (the user no longer exists, or the room refuses us)."""
         with self.db.atomic():
-            self.db.execute("UPDATE outbox SET status = 'failed' WHERE key = ?", [key])
+            self.db.execute("UPDATE outbox SET status = 'failed' WHERE key = ? "
+                            "AND status = 'pending'", [key])
 
     # -- sessions and identities seen ---------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from test_fault_isolation import at_risk
+from test_fault_isolation import Text, at_risk
 
 from nerbot.config import RemindersConfig
 from nerbot.domain.assessment import UserReport
@@ -198,3 +198,54 @@ async def test_the_outbox_withdraws_what_is_no_longer_wanted_and_sends_if_it_can
     stats = await sender.deliver()
     assert (stats.sent, stats.failed, stats.withdrawn) == (2, 0, 1)
     assert status(store) == {fixed: ("withdrawn", 0), due: ("sent", 1), unsure: ("sent", 1)}
+
+
+async def test_a_reminder_withdrawn_as_fixed_is_not_followed_by_an_all_fixed_note() -> None:
+    """The person never heard of the problem: "all fixed, thank you" would puzzle them."""
+    store, clock, transport = Store(":memory:"), Clock(0), Transport()
+    facts = Facts(healthy=set())
+
+    async def audience() -> list[UserId]:
+        return [ALICE]
+
+    outbox = OutboxSender(store, transport, clock.now_ms, per_minute=60_000)
+    service = ReminderService(RemindersConfig(policy=ReminderSettings(
+        grace_ms=0, quiet_start_minute=0, quiet_end_minute=0)), store, facts, audience,
+        Text(), outbox, clock)  # type: ignore[arg-type]
+    outbox.still_wanted = service.still_due
+    assert (await service.scan(deliver=False)).queued == 1
+    facts.healthy, clock.now = {str(ALICE)}, 2 * RECHECK_AFTER_MS  # fixed while it waited
+    assert (await outbox.deliver()).withdrawn == 1
+    clock.now += 2 * 24 * 3600 * 1000
+    stats = await service.scan()
+    assert stats.queued == 0 and stats.held == {"nothing_to_report": 1}
+    assert transport.sent == []
+
+
+async def test_a_message_withdrawn_while_its_turn_comes_is_not_sent() -> None:
+    store = Store(":memory:")
+    key = queue(store, str(BOB), "remind")
+
+    class TurnedOff(Transport):
+        async def ensure_dm(self, user_id: UserId) -> RoomId:  # "!remind off" meanwhile
+            store.set_reminder_choice(user_id, 5, opted_out=True)
+            return await super().ensure_dm(user_id)
+
+    transport = TurnedOff()
+    stats = await OutboxSender(store, transport, lambda: 5, per_minute=60_000).deliver()
+    assert (stats.sent, stats.failed, stats.withdrawn) == (0, 0, 1)
+    assert transport.sent == [] and status(store)[key] == ("withdrawn", 0)
+
+
+async def test_quiet_hours_beginning_during_a_run_hold_what_is_left() -> None:
+    store = Store(":memory:")
+    keys = [queue(store, f"@p{i}:hs", "remind", at=i) for i in range(20)]
+    transport = Transport()
+
+    def held() -> frozenset[str]:  # 22:00 comes after the fifth send
+        return REMINDER_KINDS if len(transport.sent) >= 5 else frozenset()
+
+    sender = OutboxSender(store, transport, lambda: 5, per_minute=60_000, held_kinds=held)
+    stats = await sender.deliver()
+    assert stats.sent == len(transport.sent) <= 5 + 7  # at most the other workers' sends
+    assert [status(store)[k][0] for k in keys].count("pending") == 20 - stats.sent
