@@ -71,6 +71,9 @@ class EventRouter:
         # This sync's messages, dispatched once the whole sync is in: a room whose timeline it
         # cut short gets the messages it left out first, in order (``nerbot.matrix.gaps``).
         self._arrived: list[tuple[str, nio.Event]] = []
+        # Rooms whose missing messages are being fetched: later messages of the room (next
+        # syncs, late decryptions) wait in the newest fetch's list, to keep the order sent.
+        self._behind_gap: dict[str, list[nio.Event]] = {}
         self.hold = UndecryptableHold(
             client, clock, grace_seconds,
             on_decrypted=self._late_decrypted,
@@ -201,28 +204,36 @@ class EventRouter:
         gaps = {room_id: info.timeline.prev_batch
                 for room_id, info in response.rooms.join.items()
                 if info.timeline.limited and info.timeline.prev_batch} if since else {}
-        after_gap: dict[str, list[nio.Event]] = {room_id: [] for room_id in gaps}
-        for room_id, event in arrived:
-            if room_id in after_gap:
-                after_gap[room_id].append(event)
-            else:
-                self._dispatch(room_id, event)
-        for room_id, prev_batch in gaps.items():
+        for room_id, prev_batch in gaps.items():  # (a room's newer gap queues behind)
             assert since is not None
+            behind: list[nio.Event] = []
+            self._behind_gap[room_id] = behind
             self.runner.spawn_serial(
-                room_id, functools.partial(self._fill_gap, room_id, prev_batch, since,
-                                           after_gap[room_id]),
+                room_id, functools.partial(self._fill_gap, room_id, prev_batch, since, behind),
                 name=f"gap {room_id}")
+        for room_id, event in arrived:
+            self._dispatch_in_order(room_id, event)
+
+    def _dispatch_in_order(self, room_id: str, event: nio.Event) -> None:
+        behind = self._behind_gap.get(room_id)
+        if behind is not None:
+            behind.append(event)
+        else:
+            self._dispatch(room_id, event)
 
     async def _fill_gap(self, room_id: str, prev_batch: str, since: str,
-                        arrived: list[nio.Event]) -> None:
-        """The messages the sync left out, then its own; each answer is queued behind this
-        task (same room, ``spawn_serial``), so they are answered in the order they were sent."""
+                        behind: list[nio.Event]) -> None:
+        """The messages the sync left out, then those that came after them (the sync's own,
+        later syncs', late decryptions); each answer is queued behind this task (same room,
+        ``spawn_serial``), so they are answered in the order they were sent."""
         try:
             missed = await missed_events(self.client, room_id, prev_batch, since)
-        except Exception:  # the sync's own messages are still answered
+        except Exception:  # the messages after the gap are still answered
             logger.exception("Fetching the messages a sync left out of %s failed", room_id)
             missed = []
+        finally:
+            if self._behind_gap.get(room_id) is behind:  # no newer gap waits behind this one
+                del self._behind_gap[room_id]
         if missed:
             logger.info("%d message(s) in %s came only after the sync (its timeline was cut "
                         "short)", len(missed), room_id)
@@ -231,7 +242,7 @@ class EventRouter:
                 self._hold(room_id, event)
             elif isinstance(event, nio.RoomMessageText):
                 self._dispatch(room_id, event)
-        for event in arrived:
+        for event in behind:
             self._dispatch(room_id, event)
 
     def _dispatch(self, room_id: str, event: nio.Event) -> None:
@@ -277,7 +288,7 @@ class EventRouter:
         self.runner.spawn(self.hold.hold(room_id, event), name=f"hold {event.event_id}")
 
     async def _late_decrypted(self, room_id: str, event: nio.Event) -> None:
-        self._dispatch(room_id, event)
+        self._dispatch_in_order(room_id, event)
 
     async def _on_room_key(self, event: nio.ToDeviceEvent) -> None:
         if len(self.hold):

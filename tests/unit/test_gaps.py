@@ -3,6 +3,7 @@ order, before the sync's own; real nio parses every body, only the homeserver is
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any
 
@@ -98,3 +99,45 @@ async def test_a_cut_short_timeline_is_answered_in_the_order_it_was_sent() -> No
     assert await answered(limited=False, since="s1") == ["m11", "m12"]
     # an initial sync (no position) has no gap: what came before it is not for the bot
     assert await answered(limited=True, since=None) == ["m11", "m12"]
+
+
+class SlowHomeserver(Homeserver):
+    """``/messages`` answers only when told to."""
+
+    def __init__(self, total: int) -> None:
+        super().__init__(total)
+        self.go = asyncio.Event()
+
+    async def room_messages(self, room_id: str, start: str | None = None,
+                            end: str | None = None, limit: int = 10, **kw: Any
+                            ) -> nio.RoomMessagesResponse | nio.RoomMessagesError:
+        await self.go.wait()
+        return await super().room_messages(room_id, start, end, limit, **kw)
+
+
+async def test_what_comes_while_a_gap_is_fetched_waits_behind_it() -> None:
+    """The next sync's message, and one decrypted late, come after the gap's."""
+    server, runner, bodies = SlowHomeserver(10), TaskRunner(), []
+
+    async def on_message(room: str, sender: str, event_id: str, body: str, *_: Any) -> None:
+        bodies.append(body)
+
+    clock = SimpleNamespace(now_ms=lambda: 5_000)
+    events = EventRouter(server, Store(":memory:"), runner, clock, frozenset(), 5,  # type: ignore[arg-type]
+                         on_message=on_message, on_joined=None,  # type: ignore[arg-type]
+                         on_undecryptable=None, not_before_ms=0)  # type: ignore[arg-type]
+    events.sync_since = lambda: "s1"
+    room = nio.MatrixRoom(ROOM, BOT)
+    first = sync(limited=True)
+    for event in first.rooms.join[ROOM].timeline.events:
+        await events._on_text(room, event)  # type: ignore[arg-type]
+    await events._on_sync(first)
+    await asyncio.sleep(0)  # the gap's /messages is on its way
+    later = nio.RoomMessageText.from_dict(text(13))
+    await events._on_text(room, later)  # type: ignore[arg-type]
+    await events._on_sync(sync(limited=False))
+    await events._late_decrypted(ROOM, nio.RoomMessageText.from_dict(text(14)))
+    server.go.set()
+    for _ in range(3):
+        await runner.settle(5)
+    assert bodies == [f"m{n}" for n in range(1, 15)]
