@@ -101,6 +101,7 @@ class ReminderService:
         self.scheduler: Any = None
         self._monotonic = monotonic or time.monotonic
         self._running: set[asyncio.Task[Any]] = set()  # scheduled runs, cancelled on stop
+        self._scanning = asyncio.Lock()
         self.last_failed = 0  # people the last scan could not look at
         # The last scan could not even find or assess its people (e.g. the homeserver was
         # away during the admin API's user listing): ``retry_failed`` runs it again.
@@ -161,7 +162,12 @@ class ReminderService:
         return decision
 
     async def scan(self, deliver: bool = True) -> ScanStats:
-        """One full pass: assess everyone served, queue what is due, then send it."""
+        """One full pass: assess everyone served, queue what is due, then send it. Scans run
+        one at a time (a retry or the scan after quiet hours may meet a scheduled one)."""
+        async with self._scanning:
+            return await self._scan(deliver)
+
+    async def _scan(self, deliver: bool) -> ScanStats:
         stats = ScanStats()
         started = self._monotonic()
         try:
@@ -263,6 +269,9 @@ class ReminderService:
             await self._guarded(self.outbox.deliver())
 
     async def _scheduled_scan(self) -> None:
+        if self._scanning.locked():  # one running now covers this one
+            logger.info("Reminder scan: one is already running; this one is skipped")
+            return
         await self._guarded(self.scan())
 
     async def _guarded(self, work: Awaitable[Any]) -> None:

@@ -137,9 +137,11 @@ class EventRouter:
 
     def decide_kept_invite(self, room_id: str, inviter: str, is_direct: bool) -> None:
         """An invite pending at the last stop (``RoomIndex.pending_invites``), after the
-        first sync: no sync brings it again. Nothing if this run's syncs brought it or the
-        bot is in the room by now."""
-        if room_id in self._invites_seen or room_id in self.client.rooms:
+        first sync: no sync brings it again. Nothing if this run's syncs brought it, the bot
+        is in the room by now, or the invite is gone (withdrawn while the bot was down: the
+        first sync's ``leave`` took it out of nio's invited rooms)."""
+        if room_id in self._invites_seen or room_id in self.client.rooms or \
+                room_id not in self.client.invited_rooms:
             return
         self._decide_soon(room_id, inviter, is_direct)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -55,3 +56,30 @@ async def test_a_scan_in_quiet_hours_schedules_one_more_when_they_end() -> None:
         assert [m.user_id for m in store.pending_messages()] == [ALICE]
     finally:
         scheduler.shutdown(wait=False)
+
+
+async def test_scans_never_overlap_and_a_scheduled_one_meeting_a_running_one_is_skipped(
+) -> None:
+    """With ``scan_at = "09:00"`` the scan after quiet hours and the daily one fire together."""
+    store, clock, started = Store(":memory:"), Clock(at(8, 9)), asyncio.Event()
+    release, calls = asyncio.Event(), []
+
+    async def audience() -> list[UserId]:
+        calls.append(1)
+        started.set()
+        await release.wait()
+        return [ALICE]
+
+    config = RemindersConfig(policy=ReminderSettings(grace_ms=0), scan_at_minute=9 * 60)
+    service = ReminderService(config, store, Hygiene(set()), audience, Text(),  # type: ignore[arg-type]
+                              Outbox(), clock)  # type: ignore[arg-type]
+    first = asyncio.create_task(service._scheduled_scan())
+    await started.wait()
+    await service._scheduled_scan()  # returns at once: skipped
+    retry = asyncio.create_task(service.scan())  # a direct scan waits its turn
+    await asyncio.sleep(0)
+    assert calls == [1]
+    release.set()
+    await first
+    await retry
+    assert calls == [1, 1] and len(store.pending_messages()) == 1
