@@ -179,6 +179,7 @@ class NerbotApp:
         verifier.register()
         rooms = self.room_index = RoomIndex(client, store)
         resume_from = rooms.resume()
+        events.resume_gaps()  # before the first sync: its messages come after these
         # After the EventRouter's: a sync's position is saved once its device changes were
         # noted (AlertService), so a crash between the two replays the sync, never skips it.
         rooms.register()

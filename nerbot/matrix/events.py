@@ -208,13 +208,27 @@ class EventRouter:
                 if info.timeline.limited and info.timeline.prev_batch} if since else {}
         for room_id, prev_batch in gaps.items():  # (a room's newer gap queues behind)
             assert since is not None
-            behind: list[nio.Event] = []
-            self._behind_gap[room_id] = behind
-            self.runner.spawn_serial(
-                room_id, functools.partial(self._fill_gap, room_id, prev_batch, since, behind),
-                name=f"gap {room_id}")
+            # Kept until filled: the sync position moves past this sync right after this.
+            self.store.note_gap(room_id, since, str(response.next_batch), self.clock.now_ms())
+            self._fill_soon(room_id, prev_batch, since)
         for room_id, event in arrived:
             self._dispatch_in_order(room_id, event)
+
+    def resume_gaps(self) -> None:
+        """Gaps a stop or crash left unfilled: all the room's messages between the two sync
+        positions are fetched again (the ones answered already are skipped). Called before
+        the first sync, so that its messages wait behind them."""
+        for room_id, since, until in self.store.kept_gaps():
+            logger.info("Fetching again the messages of %s an earlier run did not get to",
+                        room_id)
+            self._fill_soon(room_id, until, since)
+
+    def _fill_soon(self, room_id: str, start: str, since: str) -> None:
+        behind: list[nio.Event] = []
+        self._behind_gap[room_id] = behind
+        self.runner.spawn_serial(
+            room_id, functools.partial(self._fill_gap, room_id, start, since, behind),
+            name=f"gap {room_id}")
 
     def _dispatch_in_order(self, room_id: str, event: nio.Event) -> None:
         behind = self._behind_gap.get(room_id)
@@ -223,13 +237,13 @@ class EventRouter:
         else:
             self._dispatch(room_id, event)
 
-    async def _fill_gap(self, room_id: str, prev_batch: str, since: str,
+    async def _fill_gap(self, room_id: str, start: str, since: str,
                         behind: list[nio.Event]) -> None:
         """The messages the sync left out, then those that came after them (the sync's own,
         later syncs', late decryptions); each answer is queued behind this task (same room,
         ``spawn_serial``), so they are answered in the order they were sent."""
         try:
-            missed = await missed_events(self.client, room_id, prev_batch, since)
+            missed = await missed_events(self.client, room_id, start, since)
         except Exception:  # the messages after the gap are still answered
             logger.exception("Fetching the messages a sync left out of %s failed", room_id)
             missed = []
@@ -246,6 +260,7 @@ class EventRouter:
                 self._dispatch(room_id, event)
         for event in behind:
             self._dispatch(room_id, event)
+        self.store.forget_gap(room_id, since)  # handed over (or given up: logged above)
 
     def _dispatch(self, room_id: str, event: nio.Event) -> None:
         if event.sender == self.user_id or not isinstance(event, nio.RoomMessageText):

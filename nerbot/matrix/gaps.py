@@ -23,13 +23,13 @@ GAP_MAX_EVENTS = 500
 GAP_TYPES = ["m.room.message", "m.room.encrypted"]
 
 
-async def missed_events(client: nio.AsyncClient, room_id: str, prev_batch: str,
+async def missed_events(client: nio.AsyncClient, room_id: str, start: str,
                         since: str) -> list[nio.Event]:
-    """The messages between ``since`` (the position the sync started from) and the sync's
-    timeline, oldest first; nio has decrypted those it has keys for. A failed request ends the
-    fetch with what was had (logged)."""
+    """The messages between ``since`` (the position the sync started from) and ``start``
+    (the sync's timeline's ``prev_batch``; for a gap an earlier run left unfilled, the position
+    that sync ended at), oldest first; nio has decrypted those it has keys for. A failed
+    request ends the fetch with what was had (logged)."""
     events: list[nio.Event] = []
-    start = prev_batch
     while True:
         response = await client.room_messages(room_id, start=start, end=since,
                                               limit=GAP_PAGE,

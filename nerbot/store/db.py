@@ -523,6 +523,24 @@ class Store:
         with self.db.atomic():
             self.db.execute("DELETE FROM dm_rooms WHERE room_id = ?", [room_id])
 
+    # -- messages a sync left out (nerbot.matrix.gaps) ----------------------------------------
+
+    def note_gap(self, room_id: str, since: str, until: str, now_ms: int) -> None:
+        with self.db.atomic():
+            self.db.execute("INSERT OR REPLACE INTO gaps (room_id, since, until, noted_ms) "
+                            "VALUES (?, ?, ?, ?)", [room_id, since, until, now_ms])
+
+    def forget_gap(self, room_id: str, since: str) -> None:
+        with self.db.atomic():
+            self.db.execute("DELETE FROM gaps WHERE room_id = ? AND since = ?",
+                            [room_id, since])
+
+    def kept_gaps(self) -> list[tuple[str, str, str]]:
+        """(room, since, until) of gaps a stop or crash left unfilled, oldest first."""
+        rows = self.db.execute("SELECT room_id, since, until FROM gaps "
+                               "ORDER BY noted_ms, room_id").fetchall()
+        return [(str(r), str(s), str(u)) for r, s, u in rows]
+
     # -- idempotent event handling ----------------------------------------------------------
 
     def claim_event(self, event_id: str, now_ms: int) -> bool:

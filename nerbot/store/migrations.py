@@ -169,4 +169,13 @@ def build_migrations() -> Migrations:
         db.table("rooms").add_column("inviter", str)
         db.table("rooms").add_column("is_direct", int)
 
+    @migrations(name="0014_kept_gaps")
+    def kept_gaps(db: Database) -> None:
+        # A room whose timeline a sync cut short, between the position the sync started from
+        # (``since``) and the one it ended at (``until``): written before the sync position
+        # moves on, deleted once the room's messages in between were handed to the bot, so a
+        # stop or crash while they are fetched fetches them again at the next start.
+        db.table("gaps").create({"room_id": str, "since": str, "until": str,
+                                 "noted_ms": int}, pk=("room_id", "since"))
+
     return migrations

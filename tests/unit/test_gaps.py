@@ -38,7 +38,8 @@ class Homeserver:
                             end: str | None = None, limit: int = 10, **_: Any
                             ) -> nio.RoomMessagesResponse | nio.RoomMessagesError:
         self.asked.append((start, end))
-        top = int(str(start).removeprefix("t"))
+        # "t<n>": a page token below event n; a sync position ("s…") stands above them all
+        top = int(str(start)[1:]) if str(start).startswith("t") else self.total
         bottom = max(0, top - limit)
         chunk = [text(n) for n in range(top, bottom, -1)]
         body = {"chunk": chunk, "start": start, "end": f"t{bottom}"} if chunk else {
@@ -80,7 +81,8 @@ async def answered(limited: bool, since: str | None) -> list[str]:
         bodies.append(body)
 
     clock = SimpleNamespace(now_ms=lambda: 5_000)
-    events = EventRouter(server, Store(":memory:"), runner, clock, frozenset(), 5,  # type: ignore[arg-type]
+    store = Store(":memory:")
+    events = EventRouter(server, store, runner, clock, frozenset(), 5,  # type: ignore[arg-type]
                          on_message=on_message, on_joined=None,  # type: ignore[arg-type]
                          on_undecryptable=None, not_before_ms=0)  # type: ignore[arg-type]
     events.sync_since = lambda: since
@@ -91,6 +93,7 @@ async def answered(limited: bool, since: str | None) -> list[str]:
     await events._on_sync(response)
     for _ in range(3):  # the gap's task, then the answers it queued
         await runner.settle(5)
+    assert store.kept_gaps() == []  # filled: nothing for the next start
     return bodies
 
 
@@ -141,3 +144,38 @@ async def test_what_comes_while_a_gap_is_fetched_waits_behind_it() -> None:
     for _ in range(3):
         await runner.settle(5)
     assert bodies == [f"m{n}" for n in range(1, 15)]
+
+
+def router(server: Homeserver, store: Store, runner: TaskRunner, bodies: list[str]
+           ) -> EventRouter:
+    async def on_message(room: str, sender: str, event_id: str, body: str, *_: Any) -> None:
+        bodies.append(body)
+
+    clock = SimpleNamespace(now_ms=lambda: 5_000)
+    return EventRouter(server, store, runner, clock, frozenset(), 5,  # type: ignore[arg-type]
+                       on_message=on_message, on_joined=None,  # type: ignore[arg-type]
+                       on_undecryptable=None, not_before_ms=0)  # type: ignore[arg-type]
+
+
+async def test_a_gap_a_stop_left_unfilled_is_fetched_again_at_the_next_start() -> None:
+    """The position moved past the sync at once; its room's messages were only in the gap
+    task when the bot stopped. Kept, the next start fetches all of them (sync's own too)."""
+    store, runner, bodies = Store(":memory:"), TaskRunner(), []
+    events = router(SlowHomeserver(12), store, runner, bodies)  # never answers: the stop
+    events.sync_since = lambda: "s1"
+    room = nio.MatrixRoom(ROOM, BOT)
+    response = sync(limited=True)
+    for event in response.rooms.join[ROOM].timeline.events:
+        await events._on_text(room, event)  # type: ignore[arg-type]
+    await events._on_sync(response)
+    assert store.kept_gaps() == [(ROOM, "s1", "s2")]
+    await runner.stop()
+    assert bodies == []
+
+    runner, server = TaskRunner(), Homeserver(12)
+    restarted = router(server, store, runner, bodies)
+    restarted.resume_gaps()
+    for _ in range(3):
+        await runner.settle(5)
+    assert bodies == [f"m{n}" for n in range(1, 13)]
+    assert server.asked[0] == ("s2", "s1") and store.kept_gaps() == []
