@@ -74,23 +74,30 @@ def sync(limited: bool) -> nio.SyncResponse:
     return response
 
 
-async def answered(limited: bool, since: str | None) -> list[str]:
-    server, runner, bodies = Homeserver(10), TaskRunner(), []
-
+def router(server: Homeserver, store: Store, runner: TaskRunner, bodies: list[str]
+           ) -> EventRouter:
     async def on_message(room: str, sender: str, event_id: str, body: str, *_: Any) -> None:
         bodies.append(body)
 
     clock = SimpleNamespace(now_ms=lambda: 5_000)
-    store = Store(":memory:")
-    events = EventRouter(server, store, runner, clock, frozenset(), 5,  # type: ignore[arg-type]
-                         on_message=on_message, on_joined=None,  # type: ignore[arg-type]
-                         on_undecryptable=None, not_before_ms=0)  # type: ignore[arg-type]
-    events.sync_since = lambda: since
-    response = sync(limited)
+    return EventRouter(server, store, runner, clock, frozenset(), 5,  # type: ignore[arg-type]
+                       on_message=on_message, on_joined=None,  # type: ignore[arg-type]
+                       on_undecryptable=None, not_before_ms=0)  # type: ignore[arg-type]
+
+
+
+async def feed(events: EventRouter, response: nio.SyncResponse) -> None:
+    """As nio does: the event callbacks for the timeline, then the response callback."""
     room = nio.MatrixRoom(ROOM, BOT)
-    for event in response.rooms.join[ROOM].timeline.events:  # as nio's event callbacks do
+    for event in response.rooms.join[ROOM].timeline.events:
         await events._on_text(room, event)  # type: ignore[arg-type]
     await events._on_sync(response)
+
+async def answered(limited: bool, since: str | None) -> list[str]:
+    store, runner, bodies = Store(":memory:"), TaskRunner(), []
+    events = router(Homeserver(10), store, runner, bodies)
+    events.sync_since = lambda: since
+    await feed(events, sync(limited))
     for _ in range(3):  # the gap's task, then the answers it queued
         await runner.settle(5)
     assert store.kept_gaps() == []  # filled: nothing for the next start
@@ -121,20 +128,10 @@ class SlowHomeserver(Homeserver):
 async def test_what_comes_while_a_gap_is_fetched_waits_behind_it() -> None:
     """The next sync's message, and one decrypted late, come after the gap's."""
     server, runner, bodies = SlowHomeserver(10), TaskRunner(), []
-
-    async def on_message(room: str, sender: str, event_id: str, body: str, *_: Any) -> None:
-        bodies.append(body)
-
-    clock = SimpleNamespace(now_ms=lambda: 5_000)
-    events = EventRouter(server, Store(":memory:"), runner, clock, frozenset(), 5,  # type: ignore[arg-type]
-                         on_message=on_message, on_joined=None,  # type: ignore[arg-type]
-                         on_undecryptable=None, not_before_ms=0)  # type: ignore[arg-type]
+    events = router(server, Store(":memory:"), runner, bodies)
     events.sync_since = lambda: "s1"
     room = nio.MatrixRoom(ROOM, BOT)
-    first = sync(limited=True)
-    for event in first.rooms.join[ROOM].timeline.events:
-        await events._on_text(room, event)  # type: ignore[arg-type]
-    await events._on_sync(first)
+    await feed(events, sync(limited=True))
     await asyncio.sleep(0)  # the gap's /messages is on its way
     later = nio.RoomMessageText.from_dict(text(13))
     await events._on_text(room, later)  # type: ignore[arg-type]
@@ -146,28 +143,13 @@ async def test_what_comes_while_a_gap_is_fetched_waits_behind_it() -> None:
     assert bodies == [f"m{n}" for n in range(1, 15)]
 
 
-def router(server: Homeserver, store: Store, runner: TaskRunner, bodies: list[str]
-           ) -> EventRouter:
-    async def on_message(room: str, sender: str, event_id: str, body: str, *_: Any) -> None:
-        bodies.append(body)
-
-    clock = SimpleNamespace(now_ms=lambda: 5_000)
-    return EventRouter(server, store, runner, clock, frozenset(), 5,  # type: ignore[arg-type]
-                       on_message=on_message, on_joined=None,  # type: ignore[arg-type]
-                       on_undecryptable=None, not_before_ms=0)  # type: ignore[arg-type]
-
-
 async def test_a_gap_a_stop_left_unfilled_is_fetched_again_at_the_next_start() -> None:
     """The position moved past the sync at once; its room's messages were only in the gap
     task when the bot stopped. Kept, the next start fetches all of them (sync's own too)."""
     store, runner, bodies = Store(":memory:"), TaskRunner(), []
     events = router(SlowHomeserver(12), store, runner, bodies)  # never answers: the stop
     events.sync_since = lambda: "s1"
-    room = nio.MatrixRoom(ROOM, BOT)
-    response = sync(limited=True)
-    for event in response.rooms.join[ROOM].timeline.events:
-        await events._on_text(room, event)  # type: ignore[arg-type]
-    await events._on_sync(response)
+    await feed(events, sync(limited=True))
     assert store.kept_gaps() == [(ROOM, "s1", "s2")]
     await runner.stop()
     assert bodies == []
