@@ -181,9 +181,9 @@ class SyncLoop:
         if client.outgoing_to_device_messages:
             requests.append(client.send_to_device_messages())
         if client.should_upload_keys:
-            requests.append(client.keys_upload())
+            requests.append(_unless_done(lambda: client.should_upload_keys, client.keys_upload))
         if client.should_query_keys:
-            requests.append(client.keys_query())
+            requests.append(_unless_done(lambda: client.should_query_keys, client.keys_query))
         if client.should_claim_keys:
             requests.append(client.keys_claim(client.get_users_for_key_claiming()))
         return requests
@@ -202,7 +202,7 @@ class SyncLoop:
                     response = await done
                     if isinstance(response, list):  # send_to_device_messages: one per message
                         await self.client.run_response_callbacks(response)
-                    else:
+                    elif response is not None:  # (None: a side request found nothing to do)
                         await self.client.run_response_callbacks([response])
         except ExceptionGroup as failed:  # the loop handles one error, whatever its siblings
             raise _first(failed) from None
@@ -224,6 +224,15 @@ class SyncLoop:
         logger.warning("Sync failed (%s); retrying in %.0f s", response.message,
                        self.recovery.delay)
         await self.recovery.back_off()
+
+
+async def _unless_done(needed: Callable[[], bool],
+                       request: Callable[[], Awaitable[Any]]) -> Any:
+    """The request, or None if something else did its work after it was planned (a message
+    being sent runs its own key query): nio raises ``LocalProtocolError`` for a key query or
+    upload with nothing to do, and the sync loop restarted over it. Checked and started with
+    no ``await`` between them, so nothing can slip in."""
+    return await request() if needed() else None
 
 
 def _refused(response: object) -> bool:

@@ -151,3 +151,47 @@ async def test_recovery_waits_by_the_one_backoff_rule() -> None:
     for errors in range(6):
         assert recovery.delay == backoff_delay(1.0, errors + 1, 5)
         await recovery.back_off()
+
+
+class KeyQueries:
+    """nio's key query as the sync loop sees it: planned when needed, refused when not."""
+
+    def __init__(self) -> None:
+        self.users = {"@a:hs"}
+        self.outgoing_to_device_messages: list[Any] = []
+        self.should_upload_keys = self.should_claim_keys = False
+        self.seen: list[Any] = []
+
+    @property
+    def should_query_keys(self) -> bool:
+        return bool(self.users)
+
+    async def keys_query(self) -> str:
+        if not self.users:
+            raise nio.LocalProtocolError("No key query required.")
+        self.users.clear()
+        return "queried"
+
+    def add_response_callback(self, callback: Any, kind: Any) -> None:
+        pass
+
+    async def run_response_callbacks(self, responses: list[Any]) -> None:
+        self.seen += responses
+
+
+async def test_a_key_query_someone_else_did_meanwhile_is_skipped_not_a_sync_failure() -> None:
+    """A message's own send queried the keys after the loop planned its query: nio refused
+    the second one with LocalProtocolError, and the whole sync loop restarted (seen in the
+    live fuzz suite)."""
+    async def probe() -> bool:
+        return True
+
+    client = KeyQueries()
+    loop = SyncLoop(client, Recovery(probe))  # type: ignore[arg-type]
+    planned = loop._side_requests()
+    client.users.clear()  # the send's own query, between the plan and the request
+    await loop._run_all(planned)
+    assert client.seen == []
+    client.users.add("@b:hs")
+    await loop._run_all(loop._side_requests())
+    assert client.seen == ["queried"]
