@@ -13,7 +13,7 @@ from nerbot.domain.facts import BackupState
 from nerbot.domain.reminders import REMINDER_KINDS, ReminderSettings, held_kinds
 from nerbot.ids import RoomId, UserId
 from nerbot.matrix.transport import SendFailed
-from nerbot.outbox import MAX_ATTEMPTS, OutboxSender
+from nerbot.outbox import MAX_ATTEMPTS, WORKERS, OutboxSender
 from nerbot.reminder_service import RECHECK_AFTER_MS, ReminderService
 from nerbot.store import OutboxMessage, Store
 
@@ -247,5 +247,6 @@ async def test_quiet_hours_beginning_during_a_run_hold_what_is_left() -> None:
 
     sender = OutboxSender(store, transport, lambda: 5, per_minute=60_000, held_kinds=held)
     stats = await sender.deliver()
-    assert stats.sent == len(transport.sent) <= 5 + 7  # at most the other workers' sends
+    # at most the sends other workers had begun when the fifth went out
+    assert stats.sent == len(transport.sent) <= 5 + WORKERS - 1
     assert [status(store)[k][0] for k in keys].count("pending") == 20 - stats.sent
