@@ -119,15 +119,14 @@ class ReminderService:
         """Whether a reminder that waited is still worth sending: not when what it is about
         was fixed meanwhile (or, for the "all fixed" note, broke again). Other kinds, fresh
         reminders, and facts that cannot be had leave it as it is."""
-        if message.kind not in REMINDER_KINDS or \
-                self.clock.now_ms() - message.created_ms < RECHECK_AFTER_MS:
+        now = self.clock.now_ms()
+        if message.kind not in REMINDER_KINDS or now - message.created_ms < RECHECK_AFTER_MS:
             return True
         report = (await self.hygiene.assess([message.user_id])).get(message.user_id)
         if report is None:
             return True
-        opted_out_of_backup = ReminderHistory(
-            first_seen_ms=0, backup_opted_out="backup_opted_out" in report.notes)
-        reminding = bool(reminding_findings(report, opted_out_of_backup, self.config.policy))
+        history = self._history(message.user_id, report, now)
+        reminding = bool(reminding_findings(report, history, self.config.policy))
         due = reminding if message.kind == DecisionKind.REMIND.value else not reminding
         if not due:
             logger.info("Reminder to %s withdrawn: %s since it was queued", message.user_id,

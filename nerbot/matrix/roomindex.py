@@ -44,9 +44,7 @@ def kept_room(room: nio.MatrixRoom, membership: str = JOINED,
               is_direct: bool = False) -> KeptRoom:
     members = tuple(sorted((str(user_id), user_id in room.invited_users)
                            for user_id in room.users))
-    if membership != INVITED:
-        return KeptRoom(str(room.room_id), membership, bool(room.encrypted), members)
-    inviter = getattr(room, "inviter", None)
+    inviter = getattr(room, "inviter", None) if membership == INVITED else None
     return KeptRoom(str(room.room_id), membership, bool(room.encrypted), members,
                     None if inviter is None else str(inviter), is_direct)
 

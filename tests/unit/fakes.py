@@ -77,3 +77,13 @@ class SyncSurface:
             for callback, kind in self.callbacks:
                 if isinstance(response, kind):
                     await callback(response)
+
+
+class SetClock:
+    """A clock that reads what the test set."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def now_ms(self) -> int:
+        return self.now

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from fakes import SetClock
 from test_fault_isolation import Text, at_risk
 
 from nerbot.config import RemindersConfig
@@ -147,17 +148,9 @@ class Facts:
                 else at_risk(u) for u in user_ids if u != "@gone:hs"}
 
 
-class Clock:
-    def __init__(self, now: int) -> None:
-        self.now = now
-
-    def now_ms(self) -> int:
-        return self.now
-
-
 def reminders(facts: Facts, now: int) -> ReminderService:
     return ReminderService(RemindersConfig(), Store(":memory:"), facts, None,  # type: ignore[arg-type]
-                           None, None, Clock(now))  # type: ignore[arg-type]
+                           None, None, SetClock(now))  # type: ignore[arg-type]
 
 
 def waiting(user: str, kind: str, created_ms: int) -> OutboxMessage:
@@ -202,7 +195,7 @@ async def test_the_outbox_withdraws_what_is_no_longer_wanted_and_sends_if_it_can
 
 async def test_a_reminder_withdrawn_as_fixed_is_not_followed_by_an_all_fixed_note() -> None:
     """The person never heard of the problem: "all fixed, thank you" would puzzle them."""
-    store, clock, transport = Store(":memory:"), Clock(0), Transport()
+    store, clock, transport = Store(":memory:"), SetClock(0), Transport()
     facts = Facts(healthy=set())
 
     async def audience() -> list[UserId]:

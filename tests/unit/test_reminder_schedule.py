@@ -7,6 +7,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from fakes import SetClock
 from test_fault_isolation import Hygiene, Outbox, Text
 
 from nerbot.config import RemindersConfig
@@ -23,17 +24,9 @@ def at(day: int, hour: int) -> int:
     return int(datetime(2026, 12, day, hour, tzinfo=SHANGHAI).timestamp() * 1000)
 
 
-class Clock:
-    def __init__(self, now: int) -> None:
-        self.now = now
-
-    def now_ms(self) -> int:
-        return self.now
-
-
 async def test_a_scan_in_quiet_hours_schedules_one_more_when_they_end() -> None:
     """``scan_at = "23:00"`` (inside 22:00-09:00) used to remind nobody, ever."""
-    store, clock = Store(":memory:"), Clock(at(7, 23))
+    store, clock = Store(":memory:"), SetClock(at(7, 23))
 
     async def audience() -> list[UserId]:
         return [ALICE]
@@ -61,7 +54,7 @@ async def test_a_scan_in_quiet_hours_schedules_one_more_when_they_end() -> None:
 async def test_scans_never_overlap_and_a_scheduled_one_meeting_a_running_one_is_skipped(
 ) -> None:
     """With ``scan_at = "09:00"`` the scan after quiet hours and the daily one fire together."""
-    store, clock, started = Store(":memory:"), Clock(at(8, 9)), asyncio.Event()
+    store, clock, started = Store(":memory:"), SetClock(at(8, 9)), asyncio.Event()
     release, calls = asyncio.Event(), []
 
     async def audience() -> list[UserId]:
